@@ -1,0 +1,255 @@
+// mongoose-train: trains a model on XC text files and reports P@k.
+//
+//   c++ -O2 -std=c++17 -pthread examples/train.cpp mongoose.cpp -o mongoose-train
+//   ./mongoose-train --train train.txt --test test.txt --epochs 5 --output lsh
+//
+// Prints a progress line on stderr when it is a terminal, and exactly one line on stdout:
+//   result mode=... epochs=E train_seconds=X examples_per_second=X p@1=X p@3=X p@5=X peak_rss_mb=X ...
+// Exit status: 0 on success, 1 on a training or data error, 2 on a usage error.
+
+#include "../mongoose.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Options {
+  std::string train, test, log;
+  int epochs = 5;
+  double time_limit = 0;  // seconds of training; 0 = none
+  bool normalize = true;
+  std::string infer = "full";
+  bool eval_every_epoch = true;
+  mongoose::Config cfg;
+};
+
+void usage(FILE* out) {
+  std::fprintf(out,
+               "usage: mongoose-train --train FILE --test FILE [options]\n"
+               "  --hidden N          hidden units (128)\n"
+               "  --epochs E          epochs (5)\n"
+               "  --batch B           batch size (128)\n"
+               "  --lr LR             Adam learning rate (0.001)\n"
+               "  --threads T         worker threads, 0 = all cores (0)\n"
+               "  --seed S            random seed (42)\n"
+               "  --time-limit SEC    stop training after this many seconds (none)\n"
+               "  --log FILE          CSV per epoch: epoch,seconds,loss,p@1,p@3,p@5\n"
+               "  --normalize on|off  scale each input row to unit L2 norm (on)\n"
+               "  --eval-every-epoch on|off  evaluate after each epoch (on; the last epoch always)\n"
+               "  --output full|lsh   output layer (full)\n"
+               "  --hash simhash|dwta hash family for lsh (simhash)\n"
+               "  --K N --L N         bits per table, tables (6, 50)\n"
+               "  --bucket-capacity N ids per bucket (128)\n"
+               "  --min-active N      pad active sets to this size (1000)\n"
+               "  --max-active N      cap active sets, 0 = no cap (0)\n"
+               "  --rehash-every N    re-insert all neurons every N batches, 0 = never (50)\n"
+               "  --rehash-decay X    period grows by exp(X * rehashes) (0)\n"
+               "  --new-hash-every N  new hash functions every N batches, 0 = never (0)\n"
+               "  --infer full|lsh    inference mode for the final evaluation (full)\n"
+               "  --scalar            force the portable scalar kernels\n");
+}
+
+bool parse_number(const char* s, double* out) {
+  char* end = nullptr;
+  errno = 0;
+  double v = std::strtod(s, &end);
+  if (errno || end == s || *end != '\0' || !std::isfinite(v)) return false;
+  *out = v;
+  return true;
+}
+
+// Parses argv into *o; returns an empty string or an error message.
+std::string parse_args(int argc, char** argv, Options* o) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      usage(stdout);
+      std::exit(0);
+    }
+    if (a == "--scalar") {
+      o->cfg.simd = mongoose::Simd::scalar;
+      continue;
+    }
+    if (i + 1 >= argc) return "missing value after " + a;
+    std::string v = argv[++i];
+    double x = 0;
+    auto num = [&](double lo, double hi) -> bool {
+      return parse_number(v.c_str(), &x) && x >= lo && x <= hi;
+    };
+    auto bad = [&](const char* range) { return "bad value '" + v + "' for " + a + " (expected " + range + ")"; };
+    auto onoff = [&](bool* flag) -> bool {
+      if (v == "on") *flag = true;
+      else if (v == "off") *flag = false;
+      else return false;
+      return true;
+    };
+    if (a == "--train") o->train = v;
+    else if (a == "--test") o->test = v;
+    else if (a == "--log") o->log = v;
+    else if (a == "--hidden") { if (!num(1, 65536)) return bad("1..65536"); o->cfg.hidden = uint32_t(x); }
+    else if (a == "--epochs") { if (!num(0, 1e6)) return bad("0..1000000"); o->epochs = int(x); }
+    else if (a == "--batch") { if (!num(1, 65536)) return bad("1..65536"); o->cfg.batch_size = uint32_t(x); }
+    else if (a == "--lr") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.learning_rate = float(x); }
+    else if (a == "--threads") { if (!num(0, 1024)) return bad("0..1024"); o->cfg.threads = uint32_t(x); }
+    else if (a == "--seed") { if (!num(0, 1e18)) return bad("a non-negative integer"); o->cfg.seed = uint64_t(x); }
+    else if (a == "--time-limit") { if (!num(0, 1e9)) return bad("seconds >= 0"); o->time_limit = x; }
+    else if (a == "--normalize") { if (!onoff(&o->normalize)) return bad("on or off"); }
+    else if (a == "--eval-every-epoch") { if (!onoff(&o->eval_every_epoch)) return bad("on or off"); }
+    else if (a == "--output") {
+      if (v == "full") o->cfg.output = mongoose::OutputMode::full;
+      else if (v == "lsh") o->cfg.output = mongoose::OutputMode::lsh;
+      else return bad("full or lsh");
+    } else if (a == "--hash") {
+      if (v == "simhash") o->cfg.hash = mongoose::HashFamily::simhash;
+      else if (v == "dwta") o->cfg.hash = mongoose::HashFamily::dwta;
+      else return bad("simhash or dwta");
+    } else if (a == "--K") { if (!num(1, 24)) return bad("1..24"); o->cfg.K = uint32_t(x); }
+    else if (a == "--L") { if (!num(1, 1024)) return bad("1..1024"); o->cfg.L = uint32_t(x); }
+    else if (a == "--bucket-capacity") { if (!num(1, 65535)) return bad("1..65535"); o->cfg.bucket_capacity = uint32_t(x); }
+    else if (a == "--min-active") { if (!num(0, 4e9)) return bad("a count"); o->cfg.min_active = uint32_t(x); }
+    else if (a == "--max-active") { if (!num(0, 4e9)) return bad("a count"); o->cfg.max_active = uint32_t(x); }
+    else if (a == "--rehash-every") { if (!num(0, 4e9)) return bad("a count"); o->cfg.rehash_every = uint32_t(x); }
+    else if (a == "--rehash-decay") { if (!num(0, 1)) return bad("0..1"); o->cfg.rehash_decay = float(x); }
+    else if (a == "--new-hash-every") { if (!num(0, 4e9)) return bad("a count"); o->cfg.new_hash_every = uint32_t(x); }
+    else if (a == "--infer") {
+      if (v != "full" && v != "lsh") return bad("full or lsh");
+      o->infer = v;
+    } else return "unknown option " + a;
+  }
+  if (o->train.empty()) return "--train FILE is required";
+  if (o->test.empty()) return "--test FILE is required";
+  if (o->infer == "lsh" && o->cfg.output != mongoose::OutputMode::lsh) return "--infer lsh needs --output lsh";
+  return "";
+}
+
+double peak_rss_mb() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  std::string err = parse_args(argc, argv, &o);
+  if (!err.empty()) {
+    std::fprintf(stderr, "mongoose-train: %s\n", err.c_str());
+    usage(stderr);
+    return 2;
+  }
+  mongoose::Dataset train, test;
+  mongoose::Status st = mongoose::read_xc(o.train, &train);
+  if (st.ok()) st = mongoose::read_xc(o.test, &test);
+  if (!st.ok()) {
+    std::fprintf(stderr, "mongoose-train: %s\n", st.message().c_str());
+    return 1;
+  }
+  if (test.features > train.features || test.labels > train.labels) {
+    std::fprintf(stderr, "mongoose-train: %s declares %zu features and %zu labels, more than %s (%zu, %zu)\n",
+                 o.test.c_str(), test.features, test.labels, o.train.c_str(), train.features, train.labels);
+    return 1;
+  }
+  if (o.normalize) {
+    mongoose::normalize_rows(&train);
+    mongoose::normalize_rows(&test);
+  }
+
+  const bool tty = isatty(STDERR_FILENO);
+  double time_limit = o.time_limit;
+  bool out_of_time = false;
+  o.cfg.on_progress = [&](const mongoose::Progress& p) {
+    if (tty && (p.batch % 10 == 0 || p.batch == p.batches_in_epoch))
+      std::fprintf(stderr, "\repoch %llu  batch %llu/%llu  loss %.4f  %.1f s   ",
+                   (unsigned long long)p.epoch + 1, (unsigned long long)p.batch,
+                   (unsigned long long)p.batches_in_epoch, p.mean_loss, p.seconds);
+    if (time_limit > 0 && p.seconds >= time_limit) {
+      out_of_time = true;
+      return false;
+    }
+    return true;
+  };
+
+  mongoose::Model model;
+  st = model.init(o.cfg, train.features, train.labels);
+  if (!st.ok()) {
+    std::fprintf(stderr, "mongoose-train: %s\n", st.message().c_str());
+    return 1;
+  }
+  FILE* log = nullptr;
+  if (!o.log.empty()) {
+    log = std::fopen(o.log.c_str(), "w");
+    if (!log) {
+      std::fprintf(stderr, "mongoose-train: cannot create %s: %s\n", o.log.c_str(), std::strerror(errno));
+      return 1;
+    }
+    std::fprintf(log, "epoch,seconds,loss,p@1,p@3,p@5\n");
+  }
+  mongoose::Metrics m;
+  int epochs_done = 0;
+  bool evaluated_last = false;
+  for (int e = 0; e < o.epochs && !out_of_time; ++e) {
+    st = model.train_epoch(train);
+    if (!st.ok()) break;
+    ++epochs_done;
+    evaluated_last = false;
+    if (o.eval_every_epoch || e + 1 == o.epochs || out_of_time) {
+      st = model.evaluate(test, mongoose::InferMode::full, &m);
+      if (!st.ok()) break;
+      evaluated_last = true;
+      const mongoose::TrainStats& s = model.stats();
+      if (tty) std::fprintf(stderr, "\repoch %d  loss %.4f  train %.1f s  p@1 %.4f  p@3 %.4f  p@5 %.4f\n", e + 1,
+                            s.mean_loss_last_epoch, s.seconds, m.p_at_1, m.p_at_3, m.p_at_5);
+      if (log) {
+        std::fprintf(log, "%d,%.3f,%.5f,%.5f,%.5f,%.5f\n", e + 1, s.seconds, s.mean_loss_last_epoch, m.p_at_1,
+                     m.p_at_3, m.p_at_5);
+        std::fflush(log);
+      }
+    }
+  }
+  if (st.ok() && !evaluated_last) st = model.evaluate(test, mongoose::InferMode::full, &m);
+  if (log) std::fclose(log);
+  if (!st.ok()) {
+    std::fprintf(stderr, "mongoose-train: %s\n", st.message().c_str());
+    return 1;
+  }
+  const mongoose::TrainStats& s = model.stats();
+  std::string line = "result mode=" + std::string(o.cfg.output == mongoose::OutputMode::lsh ? "lsh" : "full");
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                " epochs=%d train_seconds=%.3f examples_per_second=%.1f p@1=%.4f p@3=%.4f p@5=%.4f peak_rss_mb=%.1f",
+                epochs_done, s.seconds, s.seconds > 0 ? double(s.examples) / s.seconds : 0.0, m.p_at_1, m.p_at_3,
+                m.p_at_5, peak_rss_mb());
+  line += buf;
+  if (o.cfg.output == mongoose::OutputMode::lsh) {
+    std::snprintf(buf, sizeof buf, " active_mean=%.1f rehashes=%llu rehash_seconds=%.3f", s.active_mean(),
+                  (unsigned long long)s.rehashes, s.rehash_seconds);
+    line += buf;
+    std::snprintf(buf, sizeof buf,
+                  " split_hidden=%.3f split_hash=%.3f split_query=%.3f split_fwdbwd=%.3f split_update=%.3f",
+                  s.hidden_seconds, s.hash_seconds, s.query_seconds, s.forward_backward_seconds, s.update_seconds);
+    line += buf;
+  }
+  if (o.infer == "lsh") {
+    mongoose::Metrics full_m = m, lsh_m;
+    st = model.evaluate(test, mongoose::InferMode::lsh, &lsh_m);
+    if (!st.ok()) {
+      std::fprintf(stderr, "mongoose-train: %s\n", st.message().c_str());
+      return 1;
+    }
+    std::snprintf(buf, sizeof buf, " infer_p@1=%.4f infer_ms=%.4f full_infer_ms=%.4f infer_candidates=%.1f",
+                  lsh_m.p_at_1, lsh_m.ms_per_example, full_m.ms_per_example, lsh_m.mean_candidates);
+    line += buf;
+  }
+  std::printf("%s\n", line.c_str());
+  return 0;
+}

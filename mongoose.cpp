@@ -1,0 +1,2114 @@
+// mongoose.cpp - implementation of mongoose.h. Sections follow the header's order:
+// [SECTION] Status
+// [SECTION] Dense math        (SIMD vocabulary, kernels written once, AVX2 + scalar instances)
+// [SECTION] Random numbers
+// [SECTION] Threads           (internal: a small pool with static, deterministic partitioning)
+// [SECTION] Data
+// [SECTION] Hashing
+// [SECTION] Hash tables
+// [SECTION] Model
+
+#include "mongoose.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdarg>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <numeric>
+#include <thread>
+#include <utility>
+
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(MONGOOSE_NO_AVX2) && \
+    (defined(__GNUC__) || defined(__clang__))
+#define MONGOOSE_HAVE_AVX2 1
+#include <immintrin.h>
+#else
+#define MONGOOSE_HAVE_AVX2 0
+#endif
+
+namespace mongoose {
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Status
+//-----------------------------------------------------------------------------------------------
+
+Status Status::error(std::string message) {
+  Status s;
+  s.message_ = message.empty() ? std::string("error") : std::move(message);
+  return s;
+}
+
+namespace {
+
+// Formats like printf into a std::string (messages only; never on a hot path).
+#if defined(__GNUC__)
+__attribute__((format(printf, 1, 2)))
+#endif
+std::string strf(const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  if (n < 0) return std::string("(format error)");
+  if (size_t(n) < sizeof buf) return std::string(buf, size_t(n));
+  std::string out(size_t(n) + 1, '\0');
+  va_start(ap, fmt);
+  std::vsnprintf(&out[0], out.size(), fmt, ap);
+  va_end(ap);
+  out.resize(size_t(n));
+  return out;
+}
+
+
+double now_seconds() {
+  using clock = std::chrono::steady_clock;
+  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Dense math
+//-----------------------------------------------------------------------------------------------
+// The vocabulary: V is one SIMD register of W floats. Operations take outputs by reference so that
+// no vector type crosses a function boundary compiled without AVX (which would change the ABI);
+// the AVX2 entry points are `flatten`, so every vocabulary call is inlined into AVX2 code.
+
+namespace {
+
+struct ScalarOps {
+  using V = float;
+  static constexpr size_t W = 1;
+  static void zero(V& r) { r = 0.0f; }
+  static void set1(V& r, float x) { r = x; }
+  static void load(V& r, const float* p) { r = *p; }
+  static void store(float* p, const V& v) { *p = v; }
+  static void fma(V& acc, const V& a, const V& b) { acc += a * b; }
+  static void add(V& r, const V& a, const V& b) { r = a + b; }
+  static void sub(V& r, const V& a, const V& b) { r = a - b; }
+  static void mul(V& r, const V& a, const V& b) { r = a * b; }
+  static void div(V& r, const V& a, const V& b) { r = a / b; }
+  static void max(V& r, const V& a, const V& b) { r = a > b ? a : b; }
+  static void sqrt(V& r, const V& a) { r = std::sqrt(a); }
+  static void exp(V& r, const V& a) { r = std::exp(a); }
+  static void keep_where_positive(V& r, const V& key, const V& x) { r = key > 0.0f ? x : 0.0f; }
+  static float hsum(const V& v) { return v; }
+  static float hmax(const V& v) { return v; }
+};
+
+#if MONGOOSE_HAVE_AVX2
+#define MONGOOSE_AVX2_FN __attribute__((target("avx2,fma"))) inline
+struct Avx2Ops {
+  using V = __m256;
+  static constexpr size_t W = 8;
+  MONGOOSE_AVX2_FN static void zero(V& r) { r = _mm256_setzero_ps(); }
+  MONGOOSE_AVX2_FN static void set1(V& r, float x) { r = _mm256_set1_ps(x); }
+  MONGOOSE_AVX2_FN static void load(V& r, const float* p) { r = _mm256_loadu_ps(p); }
+  MONGOOSE_AVX2_FN static void store(float* p, const V& v) { _mm256_storeu_ps(p, v); }
+  MONGOOSE_AVX2_FN static void fma(V& acc, const V& a, const V& b) { acc = _mm256_fmadd_ps(a, b, acc); }
+  MONGOOSE_AVX2_FN static void add(V& r, const V& a, const V& b) { r = _mm256_add_ps(a, b); }
+  MONGOOSE_AVX2_FN static void sub(V& r, const V& a, const V& b) { r = _mm256_sub_ps(a, b); }
+  MONGOOSE_AVX2_FN static void mul(V& r, const V& a, const V& b) { r = _mm256_mul_ps(a, b); }
+  MONGOOSE_AVX2_FN static void div(V& r, const V& a, const V& b) { r = _mm256_div_ps(a, b); }
+  MONGOOSE_AVX2_FN static void max(V& r, const V& a, const V& b) { r = _mm256_max_ps(a, b); }
+  MONGOOSE_AVX2_FN static void sqrt(V& r, const V& a) { r = _mm256_sqrt_ps(a); }
+  MONGOOSE_AVX2_FN static void keep_where_positive(V& r, const V& key, const V& x) {
+    r = _mm256_and_ps(_mm256_cmp_ps(key, _mm256_setzero_ps(), _CMP_GT_OQ), x);
+  }
+  // exp(a) = 2^n e^r with n = round(a / ln 2), |r| <= ln2 / 2; e^r by a degree-6 Taylor
+  // polynomial (relative error ~1.2e-7). Inputs are clamped to the range where 2^n is normal.
+  MONGOOSE_AVX2_FN static void exp(V& r, const V& a) {
+    __m256 x = _mm256_min_ps(_mm256_max_ps(a, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // r = x - n ln2, with ln2 split in two so that n * ln2_hi is exact.
+    __m256 rr = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    rr = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), rr);
+    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+    p = _mm256_fmadd_ps(p, rr, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, rr, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, rr, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, rr, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, rr, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, rr, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    r = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  }
+  MONGOOSE_AVX2_FN static float hsum(const V& v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+  }
+  MONGOOSE_AVX2_FN static float hmax(const V& v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+  }
+};
+#endif
+
+// ---- The kernels, each written once over the vocabulary O. ----
+
+template <class O>
+inline float dot_k(const float* a, const float* b, size_t n) {
+  constexpr size_t W = O::W;
+  typename O::V s0, s1, s2, s3, x, y;
+  O::zero(s0); O::zero(s1); O::zero(s2); O::zero(s3);
+  size_t i = 0;
+  // Four independent accumulators hide the FMA latency.
+  for (; i + 4 * W <= n; i += 4 * W) {
+    O::load(x, a + i);         O::load(y, b + i);         O::fma(s0, x, y);
+    O::load(x, a + i + W);     O::load(y, b + i + W);     O::fma(s1, x, y);
+    O::load(x, a + i + 2 * W); O::load(y, b + i + 2 * W); O::fma(s2, x, y);
+    O::load(x, a + i + 3 * W); O::load(y, b + i + 3 * W); O::fma(s3, x, y);
+  }
+  for (; i + W <= n; i += W) { O::load(x, a + i); O::load(y, b + i); O::fma(s0, x, y); }
+  O::add(s0, s0, s1); O::add(s2, s2, s3); O::add(s0, s0, s2);
+  float s = O::hsum(s0);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <class O>
+inline void axpy_k(float alpha, const float* x, float* y, size_t n) {
+  constexpr size_t W = O::W;
+  typename O::V a, xv, yv;
+  O::set1(a, alpha);
+  size_t i = 0;
+  for (; i + W <= n; i += W) { O::load(xv, x + i); O::load(yv, y + i); O::fma(yv, a, xv); O::store(y + i, yv); }
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+template <class O>
+inline void scale_k(float alpha, float* x, size_t n) {
+  constexpr size_t W = O::W;
+  typename O::V a, xv;
+  O::set1(a, alpha);
+  size_t i = 0;
+  for (; i + W <= n; i += W) { O::load(xv, x + i); O::mul(xv, xv, a); O::store(x + i, xv); }
+  for (; i < n; ++i) x[i] *= alpha;
+}
+
+template <class O>
+inline void add_k(const float* x, float* y, size_t n) {
+  constexpr size_t W = O::W;
+  typename O::V xv, yv;
+  size_t i = 0;
+  for (; i + W <= n; i += W) { O::load(xv, x + i); O::load(yv, y + i); O::add(yv, yv, xv); O::store(y + i, yv); }
+  for (; i < n; ++i) y[i] += x[i];
+}
+
+template <class O>
+inline void row_scores_k(const float* W, size_t ld, const uint32_t* rows, size_t count,
+                         const float* x, size_t n, const float* bias, float* out) {
+  for (size_t i = 0; i < count; ++i) {
+    size_t r = rows ? rows[i] : i;
+    float s = dot_k<O>(W + r * ld, x, n);
+    out[i] = bias ? s + bias[r] : s;
+  }
+}
+
+template <class O>
+inline void sparse_matvec_k(const uint32_t* ids, const float* values, size_t nnz, const float* W,
+                            size_t ld, size_t n, float* out) {
+  for (size_t k = 0; k < nnz; ++k) axpy_k<O>(values[k], W + size_t(ids[k]) * ld, out, n);
+}
+
+template <class O>
+inline void relu_k(float* x, size_t n) {
+  constexpr size_t W = O::W;
+  typename O::V z, xv;
+  O::zero(z);
+  size_t i = 0;
+  for (; i + W <= n; i += W) { O::load(xv, x + i); O::max(xv, xv, z); O::store(x + i, xv); }
+  for (; i < n; ++i) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+template <class O>
+inline void relu_backward_k(const float* act, float* grad, size_t n) {
+  constexpr size_t W = O::W;
+  typename O::V a, g;
+  size_t i = 0;
+  for (; i + W <= n; i += W) { O::load(a, act + i); O::load(g, grad + i); O::keep_where_positive(g, a, g); O::store(grad + i, g); }
+  for (; i < n; ++i) grad[i] = act[i] > 0.0f ? grad[i] : 0.0f;
+}
+
+template <class O>
+inline float max_k(const float* x, size_t n) {
+  constexpr size_t W = O::W;
+  float m = -std::numeric_limits<float>::infinity();
+  size_t i = 0;
+  if (n >= W) {
+    typename O::V mv, xv;
+    O::load(mv, x);
+    for (i = W; i + W <= n; i += W) { O::load(xv, x + i); O::max(mv, mv, xv); }
+    m = O::hmax(mv);
+  }
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// Sum of exp(x[i] - shift); when `out` is not null, also stores each exp there.
+template <class O>
+inline float sum_exp_k(const float* x, size_t n, float shift, float* out) {
+  constexpr size_t W = O::W;
+  typename O::V s, sh, xv;
+  O::zero(s);
+  O::set1(sh, shift);
+  size_t i = 0;
+  for (; i + W <= n; i += W) {
+    O::load(xv, x + i); O::sub(xv, xv, sh); O::exp(xv, xv);
+    if (out) O::store(out + i, xv);
+    O::add(s, s, xv);
+  }
+  float total = O::hsum(s);
+  for (; i < n; ++i) {
+    float e = std::exp(x[i] - shift);
+    if (out) out[i] = e;
+    total += e;
+  }
+  return total;
+}
+
+template <class O>
+inline float logsumexp_k(const float* x, size_t n) {
+  if (n == 0) return -std::numeric_limits<float>::infinity();
+  float m = max_k<O>(x, n);
+  if (!std::isfinite(m)) return m;
+  return m + std::log(sum_exp_k<O>(x, n, m, nullptr));
+}
+
+template <class O>
+inline float softmax_k(float* x, size_t n) {
+  if (n == 0) return -std::numeric_limits<float>::infinity();
+  float m = max_k<O>(x, n);
+  float total = sum_exp_k<O>(x, n, m, x);
+  scale_k<O>(1.0f / total, x, n);
+  return m + std::log(total);
+}
+
+template <class O>
+inline void adam_k(float* w, const float* g, float* m, float* v, size_t n, const AdamStep& st) {
+  constexpr size_t W = O::W;
+  typename O::V b1, b2, omb1, omb2, lr, eps, c1, c2, wv, gv, mv, vv, t;
+  O::set1(b1, st.beta1); O::set1(b2, st.beta2);
+  O::set1(omb1, 1.0f - st.beta1); O::set1(omb2, 1.0f - st.beta2);
+  O::set1(lr, st.lr); O::set1(eps, st.eps); O::set1(c1, st.c1); O::set1(c2, st.c2);
+  size_t i = 0;
+  for (; i + W <= n; i += W) {
+    O::load(gv, g + i); O::load(mv, m + i); O::load(vv, v + i); O::load(wv, w + i);
+    O::mul(mv, mv, b1); O::fma(mv, omb1, gv);           // m = b1 m + (1-b1) g
+    O::mul(t, gv, gv); O::mul(vv, vv, b2); O::fma(vv, omb2, t);  // v = b2 v + (1-b2) g^2
+    O::mul(t, vv, c2); O::sqrt(t, t); O::add(t, t, eps);  // sqrt(v c2) + eps
+    typename O::V step;
+    O::mul(step, mv, c1); O::mul(step, step, lr); O::div(step, step, t);
+    O::sub(wv, wv, step);
+    O::store(m + i, mv); O::store(v + i, vv); O::store(w + i, wv);
+  }
+  for (; i < n; ++i) {
+    m[i] = st.beta1 * m[i] + (1.0f - st.beta1) * g[i];
+    v[i] = st.beta2 * v[i] + (1.0f - st.beta2) * (g[i] * g[i]);
+    w[i] -= st.lr * (m[i] * st.c1) / (std::sqrt(v[i] * st.c2) + st.eps);
+  }
+}
+
+// C[i][j] = A[i] . B[j] for an MR x NR block of C: MR*NR accumulators, one pass over K.
+template <class O, size_t MR, size_t NR>
+inline void gemm_nt_block(size_t K, const float* A, size_t lda, const float* B, size_t ldb,
+                          float* C, size_t ldc) {
+  constexpr size_t W = O::W;
+  typename O::V acc[MR][NR], a[MR], b;
+  for (size_t r = 0; r < MR; ++r)
+    for (size_t c = 0; c < NR; ++c) O::zero(acc[r][c]);
+  size_t k = 0;
+  for (; k + W <= K; k += W) {
+    for (size_t r = 0; r < MR; ++r) O::load(a[r], A + r * lda + k);
+    for (size_t c = 0; c < NR; ++c) {
+      O::load(b, B + c * ldb + k);
+      for (size_t r = 0; r < MR; ++r) O::fma(acc[r][c], a[r], b);
+    }
+  }
+  for (size_t r = 0; r < MR; ++r)
+    for (size_t c = 0; c < NR; ++c) {
+      float s = O::hsum(acc[r][c]);
+      for (size_t kk = k; kk < K; ++kk) s += A[r * lda + kk] * B[c * ldb + kk];
+      C[r * ldc + c] = s;
+    }
+}
+
+template <class O>
+inline void gemm_nt_k(size_t M, size_t N, size_t K, const float* A, size_t lda, const float* B,
+                      size_t ldb, float* C, size_t ldc) {
+  size_t i = 0;
+  for (; i + 4 <= M; i += 4) {
+    size_t j = 0;
+    for (; j + 2 <= N; j += 2) gemm_nt_block<O, 4, 2>(K, A + i * lda, lda, B + j * ldb, ldb, C + i * ldc + j, ldc);
+    for (; j < N; ++j) gemm_nt_block<O, 4, 1>(K, A + i * lda, lda, B + j * ldb, ldb, C + i * ldc + j, ldc);
+  }
+  for (; i < M; ++i) {
+    size_t j = 0;
+    for (; j + 4 <= N; j += 4) gemm_nt_block<O, 1, 4>(K, A + i * lda, lda, B + j * ldb, ldb, C + i * ldc + j, ldc);
+    for (; j < N; ++j) gemm_nt_block<O, 1, 1>(K, A + i * lda, lda, B + j * ldb, ldb, C + i * ldc + j, ldc);
+  }
+}
+
+// C[i][j..j+NV*W) += sum_k A[i][k] B[k][j..] for MR rows: NV vectors of C per row in registers.
+template <class O, size_t MR, size_t NV>
+inline void gemm_nn_block(size_t K, const float* A, size_t lda, const float* B, size_t ldb,
+                          float* C, size_t ldc) {
+  constexpr size_t W = O::W;
+  typename O::V acc[MR][NV], a, b[NV];
+  for (size_t r = 0; r < MR; ++r)
+    for (size_t v = 0; v < NV; ++v) O::load(acc[r][v], C + r * ldc + v * W);
+  for (size_t k = 0; k < K; ++k) {
+    for (size_t v = 0; v < NV; ++v) O::load(b[v], B + k * ldb + v * W);
+    for (size_t r = 0; r < MR; ++r) {
+      O::set1(a, A[r * lda + k]);
+      for (size_t v = 0; v < NV; ++v) O::fma(acc[r][v], a, b[v]);
+    }
+  }
+  for (size_t r = 0; r < MR; ++r)
+    for (size_t v = 0; v < NV; ++v) O::store(C + r * ldc + v * W, acc[r][v]);
+}
+
+template <class O>
+inline void gemm_nn_acc_k(size_t M, size_t N, size_t K, const float* A, size_t lda, const float* B,
+                          size_t ldb, float* C, size_t ldc) {
+  constexpr size_t W = O::W;
+  size_t i = 0;
+  for (; i + 4 <= M; i += 4) {
+    size_t j = 0;
+    for (; j + 3 * W <= N; j += 3 * W) gemm_nn_block<O, 4, 3>(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
+    for (; j + W <= N; j += W) gemm_nn_block<O, 4, 1>(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
+    for (; j < N; ++j)
+      for (size_t r = 0; r < 4; ++r) {
+        float s = C[(i + r) * ldc + j];
+        for (size_t k = 0; k < K; ++k) s += A[(i + r) * lda + k] * B[k * ldb + j];
+        C[(i + r) * ldc + j] = s;
+      }
+  }
+  for (; i < M; ++i) {
+    size_t j = 0;
+    for (; j + 3 * W <= N; j += 3 * W) gemm_nn_block<O, 1, 3>(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
+    for (; j + W <= N; j += W) gemm_nn_block<O, 1, 1>(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
+    for (; j < N; ++j) {
+      float s = C[i * ldc + j];
+      for (size_t k = 0; k < K; ++k) s += A[i * lda + k] * B[k * ldb + j];
+      C[i * ldc + j] = s;
+    }
+  }
+}
+
+// ---- Instances: every entry point of one kernel table, for one vocabulary. ----
+
+#define MONGOOSE_KERNEL_ENTRY_POINTS(ATTR, OPS, SUFFIX)                                             \
+  ATTR float dot_##SUFFIX(const float* a, const float* b, size_t n) { return dot_k<OPS>(a, b, n); } \
+  ATTR void axpy_##SUFFIX(float al, const float* x, float* y, size_t n) { axpy_k<OPS>(al, x, y, n); } \
+  ATTR void scale_##SUFFIX(float al, float* x, size_t n) { scale_k<OPS>(al, x, n); }                \
+  ATTR void add_##SUFFIX(const float* x, float* y, size_t n) { add_k<OPS>(x, y, n); }               \
+  ATTR void row_scores_##SUFFIX(const float* W, size_t ld, const uint32_t* rows, size_t count,      \
+                                const float* x, size_t n, const float* bias, float* out) {          \
+    row_scores_k<OPS>(W, ld, rows, count, x, n, bias, out);                                         \
+  }                                                                                                 \
+  ATTR void sparse_matvec_##SUFFIX(const uint32_t* ids, const float* values, size_t nnz,            \
+                                   const float* W, size_t ld, size_t n, float* out) {               \
+    sparse_matvec_k<OPS>(ids, values, nnz, W, ld, n, out);                                          \
+  }                                                                                                 \
+  ATTR void relu_##SUFFIX(float* x, size_t n) { relu_k<OPS>(x, n); }                                \
+  ATTR void relu_backward_##SUFFIX(const float* a, float* g, size_t n) { relu_backward_k<OPS>(a, g, n); } \
+  ATTR float logsumexp_##SUFFIX(const float* x, size_t n) { return logsumexp_k<OPS>(x, n); }        \
+  ATTR float softmax_##SUFFIX(float* x, size_t n) { return softmax_k<OPS>(x, n); }                  \
+  ATTR void adam_##SUFFIX(float* w, const float* g, float* m, float* v, size_t n, const AdamStep& s) { \
+    adam_k<OPS>(w, g, m, v, n, s);                                                                  \
+  }                                                                                                 \
+  ATTR void gemm_nt_##SUFFIX(size_t M, size_t N, size_t K, const float* A, size_t lda,              \
+                             const float* B, size_t ldb, float* C, size_t ldc) {                    \
+    gemm_nt_k<OPS>(M, N, K, A, lda, B, ldb, C, ldc);                                                \
+  }                                                                                                 \
+  ATTR void gemm_nn_acc_##SUFFIX(size_t M, size_t N, size_t K, const float* A, size_t lda,          \
+                                 const float* B, size_t ldb, float* C, size_t ldc) {                \
+    gemm_nn_acc_k<OPS>(M, N, K, A, lda, B, ldb, C, ldc);                                            \
+  }                                                                                                 \
+  const Kernels kernels_##SUFFIX = {                                                                \
+      Simd::SUFFIX,       #SUFFIX,          dot_##SUFFIX,     axpy_##SUFFIX,                        \
+      scale_##SUFFIX,     add_##SUFFIX,     row_scores_##SUFFIX, sparse_matvec_##SUFFIX,            \
+      relu_##SUFFIX,      relu_backward_##SUFFIX, logsumexp_##SUFFIX, softmax_##SUFFIX,             \
+      adam_##SUFFIX,      gemm_nt_##SUFFIX, gemm_nn_acc_##SUFFIX};
+
+MONGOOSE_KERNEL_ENTRY_POINTS(, ScalarOps, scalar)
+#if MONGOOSE_HAVE_AVX2
+MONGOOSE_KERNEL_ENTRY_POINTS(__attribute__((target("avx2,fma"), flatten)), Avx2Ops, avx2)
+#endif
+#undef MONGOOSE_KERNEL_ENTRY_POINTS
+
+}  // namespace
+
+bool cpu_has_avx2() {
+#if MONGOOSE_HAVE_AVX2
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+const Kernels& kernels(Simd want) {
+#if MONGOOSE_HAVE_AVX2
+  if (want != Simd::scalar && cpu_has_avx2()) return kernels_avx2;
+#else
+  (void)want;
+#endif
+  return kernels_scalar;
+}
+
+AdamStep AdamStep::at(float lr, float beta1, float beta2, float eps, uint64_t t) {
+  AdamStep s;
+  s.lr = lr;
+  s.beta1 = beta1;
+  s.beta2 = beta2;
+  s.eps = eps;
+  double tt = double(t < 1 ? 1 : t);
+  s.c1 = float(1.0 / (1.0 - std::pow(double(beta1), tt)));
+  s.c2 = float(1.0 / (1.0 - std::pow(double(beta2), tt)));
+  return s;
+}
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Random numbers
+//-----------------------------------------------------------------------------------------------
+
+namespace {
+inline uint64_t splitmix64(uint64_t& x) {
+  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+}  // namespace
+
+Rng::Rng(uint64_t seed) {
+  uint64_t x = seed;
+  for (auto& s : s_) s = splitmix64(x);
+}
+
+uint64_t Rng::next() {
+  uint64_t result = rotl(s_[1] * 5, 7) * 9;
+  uint64_t t = s_[1] << 17;
+  s_[2] ^= s_[0];
+  s_[3] ^= s_[1];
+  s_[1] ^= s_[2];
+  s_[0] ^= s_[3];
+  s_[2] ^= t;
+  s_[3] = rotl(s_[3], 45);
+  return result;
+}
+
+uint32_t Rng::below(uint32_t n) {
+  // Lemire's multiply-shift with rejection: unbiased.
+  uint64_t m = uint64_t(uint32_t(next() >> 32)) * n;
+  uint32_t low = uint32_t(m);
+  if (low < n) {
+    uint32_t threshold = uint32_t(-n) % n;
+    while (low < threshold) {
+      m = uint64_t(uint32_t(next() >> 32)) * n;
+      low = uint32_t(m);
+    }
+  }
+  return uint32_t(m >> 32);
+}
+
+float Rng::uniform() { return float(next() >> 40) * (1.0f / 16777216.0f); }
+
+float Rng::gaussian() {
+  // Box-Muller; uses one pair per call (simple, and speed does not matter here).
+  double u1 = (double(next() >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+  double u2 = double(next() >> 11) * (1.0 / 9007199254740992.0);
+  return float(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+}
+
+uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
+  uint64_t x = a;
+  uint64_t h = splitmix64(x);
+  x = h ^ b;
+  h = splitmix64(x);
+  x = h ^ c;
+  return splitmix64(x);
+}
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Threads
+//-----------------------------------------------------------------------------------------------
+// A fixed pool. run(n, fn) calls fn(task, worker) for task in [0, n): task i always runs on
+// worker i % threads, so every partition of work (and every floating-point reduction order) is a
+// function of the thread count only, never of timing.
+
+namespace {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(uint32_t threads) : threads_(threads < 1 ? 1 : threads) {
+    for (uint32_t w = 1; w < threads_; ++w) workers_.emplace_back([this, w] { loop(w); });
+  }
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+      ++generation_;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  uint32_t size() const { return threads_; }
+
+  template <class F>
+  void run(size_t tasks, F&& fn) {
+    if (threads_ == 1 || tasks <= 1) {
+      for (size_t t = 0; t < tasks; ++t) fn(t, 0u);
+      return;
+    }
+    std::function<void(size_t, uint32_t)> job = std::forward<F>(fn);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &job;
+      tasks_ = tasks;
+      pending_ = threads_ - 1;
+      ++generation_;
+    }
+    wake_.notify_all();
+    for (size_t t = 0; t < tasks; t += threads_) job(t, 0u);
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void loop(uint32_t w) {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(size_t, uint32_t)>* job;
+      size_t tasks;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        if (stop_) return;
+        job = job_;
+        tasks = tasks_;
+      }
+      for (size_t t = w; t < tasks; t += threads_) (*job)(t, w);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (--pending_ == 0) done_.notify_one();
+      }
+    }
+  }
+
+  uint32_t threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(size_t, uint32_t)>* job_ = nullptr;
+  size_t tasks_ = 0;
+  uint32_t pending_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+uint32_t resolve_threads(uint32_t requested) {
+  if (requested) return requested;
+  unsigned hw = std::thread::hardware_concurrency();
+  return hw ? hw : 1;
+}
+
+}  // namespace
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Data
+//-----------------------------------------------------------------------------------------------
+
+Dataset::Row Dataset::row(size_t r) const {
+  Row out;
+  size_t f0 = size_t(row_offsets[r]), f1 = size_t(row_offsets[r + 1]);
+  size_t l0 = size_t(label_offsets[r]), l1 = size_t(label_offsets[r + 1]);
+  out.ids = feature_ids.data() + f0;
+  out.values = feature_values.data() + f0;
+  out.nnz = f1 - f0;
+  out.labels = label_ids.data() + l0;
+  out.num_labels = l1 - l0;
+  return out;
+}
+
+Status Dataset::add_row(const uint32_t* ids, const float* values, size_t nnz,
+                        const uint32_t* row_labels, size_t num_labels) {
+  for (size_t k = 0; k < nnz; ++k) {
+    if (ids[k] >= features)
+      return Status::error(strf("row %zu: feature id %u out of range [0, %zu)", rows, ids[k], features));
+    if (!std::isfinite(values[k]))
+      return Status::error(strf("row %zu: feature %u has a non-finite value", rows, ids[k]));
+  }
+  for (size_t k = 0; k < num_labels; ++k)
+    if (row_labels[k] >= labels)
+      return Status::error(strf("row %zu: label id %u out of range [0, %zu)", rows, row_labels[k], labels));
+  feature_ids.insert(feature_ids.end(), ids, ids + nnz);
+  feature_values.insert(feature_values.end(), values, values + nnz);
+  label_ids.insert(label_ids.end(), row_labels, row_labels + num_labels);
+  row_offsets.push_back(feature_ids.size());
+  label_offsets.push_back(label_ids.size());
+  ++rows;
+  return Status();
+}
+
+size_t Dataset::bytes() const {
+  return row_offsets.capacity() * 8 + label_offsets.capacity() * 8 + feature_ids.capacity() * 4 +
+         feature_values.capacity() * 4 + label_ids.capacity() * 4;
+}
+
+namespace {
+
+// Parses XC text a chunk of complete lines at a time, keeping line numbers across chunks.
+class XcParser {
+ public:
+  XcParser(const std::string& name, size_t total_bytes, const ReadOptions& options)
+      : name_(name), total_bytes_(total_bytes), options_(options) {}
+
+  // Parses [p, end): complete lines only (the last may lack its '\n' when `final`).
+  Status feed(const char* p, const char* end, bool final) {
+    while (p < end) {
+      const char* nl = static_cast<const char*>(std::memchr(p, '\n', size_t(end - p)));
+      const char* line_end = nl ? nl : end;
+      if (!nl && !final) break;  // caller guarantees complete lines; defensive
+      ++line_;
+      const char* content_end = line_end;
+      if (content_end > p && content_end[-1] == '\r') --content_end;  // accept CRLF
+      Status st = header_done_ ? parse_row(p, content_end) : parse_header(p, content_end);
+      if (!st.ok()) return st;
+      p = nl ? nl + 1 : end;
+    }
+    return Status();
+  }
+
+  Status finish(Dataset* out) {
+    if (!header_done_) return Status::error(name_ + ":1:1: empty file: expected a header line \"rows features labels\"");
+    if (data_.rows != declared_rows_)
+      return Status::error(strf("%s:%zu:1: file ends after %zu rows but the header declares %zu",
+                                name_.c_str(), line_ + 1, data_.rows, declared_rows_));
+    *out = std::move(data_);
+    return Status();
+  }
+
+ private:
+  Status fail(const char* at, const std::string& what) const {
+    return Status::error(strf("%s:%zu:%zu: ", name_.c_str(), line_, size_t(at - line_start_) + 1) + what);
+  }
+
+  // Reads an unsigned decimal integer at p (no sign), at most `limit`.
+  bool read_uint(const char*& p, const char* end, uint64_t limit, uint64_t* value, bool* overflow) {
+    const char* start = p;
+    uint64_t v = 0;
+    *overflow = false;
+    while (p < end && *p >= '0' && *p <= '9') {
+      uint64_t d = uint64_t(*p - '0');
+      if (v > (limit - d) / 10) *overflow = true;
+      else v = v * 10 + d;
+      ++p;
+    }
+    *value = v;
+    return p > start;
+  }
+
+  Status parse_header(const char* p, const char* end) {
+    line_start_ = p;
+    uint64_t vals[3];
+    const char* names[3] = {"row count", "feature count", "label count"};
+    const char* q = p;
+    for (int i = 0; i < 3; ++i) {
+      while (q < end && (*q == ' ' || *q == '\t')) ++q;
+      if (q == end) return fail(q, strf("header has %d field%s; expected \"rows features labels\"", i, i == 1 ? "" : "s"));
+      bool overflow;
+      const char* tok = q;
+      if (!read_uint(q, end, uint64_t(1) << 40, &vals[i], &overflow))
+        return fail(tok, strf("header %s is not a non-negative integer", names[i]));
+      if (overflow) return fail(tok, strf("header %s is too large", names[i]));
+      if (q < end && *q != ' ' && *q != '\t') return fail(q, strf("unexpected character '%s' in header %s", printable(*q).c_str(), names[i]));
+    }
+    while (q < end && (*q == ' ' || *q == '\t')) ++q;
+    if (q != end) return fail(q, "header has more than 3 fields; expected \"rows features labels\"");
+    if (vals[1] == 0 || vals[1] > 0xFFFFFFFFull) return fail(p, strf("header feature count %llu must be in [1, 2^32)", (unsigned long long)vals[1]));
+    if (vals[2] == 0 || vals[2] > 0xFFFFFFFFull) return fail(p, strf("header label count %llu must be in [1, 2^32)", (unsigned long long)vals[2]));
+    // Every row takes at least 2 bytes (" \n"), so the file size bounds the row count; checked
+    // before anything is sized from the header.
+    if (vals[0] > total_bytes_ / 2 + 1)
+      return fail(p, strf("header declares %llu rows but the input has only %zu bytes",
+                          (unsigned long long)vals[0], total_bytes_));
+    if (vals[0] * 16 > options_.max_bytes)
+      return fail(p, strf("header declares %llu rows, more than the memory limit of %zu bytes allows",
+                          (unsigned long long)vals[0], options_.max_bytes));
+    declared_rows_ = size_t(vals[0]);
+    data_.features = size_t(vals[1]);
+    data_.labels = size_t(vals[2]);
+    data_.row_offsets.reserve(declared_rows_ + 1);
+    data_.label_offsets.reserve(declared_rows_ + 1);
+    header_done_ = true;
+    return Status();
+  }
+
+  static std::string printable(char c) {
+    unsigned char u = static_cast<unsigned char>(c);
+    if (u >= 32 && u < 127) return std::string(1, c);
+    return strf("\\x%02x", u);
+  }
+
+  Status parse_row(const char* p, const char* end) {
+    line_start_ = p;
+    if (data_.rows == declared_rows_)
+      return fail(p, strf("more rows than the %zu the header declares", declared_rows_));
+    if (p == end) return fail(p, "empty line; a row without labels or features is a single space");
+    const char* q = p;
+    // Labels: comma-separated ids up to the first blank.
+    if (*q != ' ' && *q != '\t') {
+      for (;;) {
+        const char* tok = q;
+        uint64_t v;
+        bool overflow;
+        if (!read_uint(q, end, uint64_t(1) << 40, &v, &overflow)) {
+          if (q < end && *q == '-') return fail(q, "negative label id");
+          if (q == end) return fail(q, "expected a label id after ','");
+          return fail(q, strf("unexpected character '%s' in label list", printable(*q).c_str()));
+        }
+        if (overflow || v >= data_.labels)
+          return fail(tok, strf("label id %s out of range [0, %zu)", std::string(tok, q).c_str(), data_.labels));
+        if (q < end && *q == ':') return fail(tok, "a feature 'id:value' where a label id was expected (a row without labels starts with a space)");
+        data_.label_ids.push_back(uint32_t(v));
+        if (q == end || *q == ' ' || *q == '\t') break;
+        if (*q != ',') return fail(q, strf("unexpected character '%s' in label list", printable(*q).c_str()));
+        ++q;
+      }
+    }
+    // Features: blank-separated "id:value".
+    for (;;) {
+      while (q < end && (*q == ' ' || *q == '\t')) ++q;
+      if (q == end) break;
+      const char* tok = q;
+      uint64_t id;
+      bool overflow;
+      if (!read_uint(q, end, uint64_t(1) << 40, &id, &overflow)) {
+        if (*q == '-') return fail(q, "negative feature id");
+        return fail(q, strf("unexpected character '%s'; expected a feature 'id:value'", printable(*q).c_str()));
+      }
+      if (overflow || id >= data_.features)
+        return fail(tok, strf("feature id %s out of range [0, %zu)", std::string(tok, q).c_str(), data_.features));
+      if (q == end || *q != ':') return fail(q, strf("expected ':' after feature id %llu", (unsigned long long)id));
+      ++q;
+      const char* vstart = q;
+      const char* vend = q;
+      while (vend < end && *vend != ' ' && *vend != '\t') ++vend;
+      if (vstart == vend) return fail(vstart, strf("missing value after feature id %llu", (unsigned long long)id));
+      float value;
+      const char* num = vstart;
+      if (*num == '+') ++num;  // from_chars rejects a leading '+'
+      auto res = std::from_chars(num, vend, value);
+      if (res.ec == std::errc::result_out_of_range)
+        return fail(vstart, strf("value '%s' of feature %llu is out of float range", std::string(vstart, vend).c_str(), (unsigned long long)id));
+      if (res.ec != std::errc() || res.ptr != vend) {
+        const char* bad = res.ec != std::errc() ? vstart : res.ptr;
+        return fail(bad, strf("malformed value '%s' for feature %llu", std::string(vstart, vend).c_str(), (unsigned long long)id));
+      }
+      if (!std::isfinite(value))
+        return fail(vstart, strf("value '%s' of feature %llu is not finite", std::string(vstart, vend).c_str(), (unsigned long long)id));
+      data_.feature_ids.push_back(uint32_t(id));
+      data_.feature_values.push_back(value);
+      q = vend;
+    }
+    data_.row_offsets.push_back(data_.feature_ids.size());
+    data_.label_offsets.push_back(data_.label_ids.size());
+    ++data_.rows;
+    return Status();
+  }
+
+  std::string name_;
+  size_t total_bytes_;
+  ReadOptions options_;
+  Dataset data_;
+  size_t declared_rows_ = 0;
+  size_t line_ = 0;
+  const char* line_start_ = nullptr;
+  bool header_done_ = false;
+};
+
+std::string base_name(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+}  // namespace
+
+Status parse_xc(const char* text, size_t size, const std::string& name, Dataset* out,
+                const ReadOptions& options) {
+  if (!out) return Status::error("parse_xc: out is null");
+  if (!text && size) return Status::error("parse_xc: text is null");
+  XcParser parser(name, size, options);
+  Status st = parser.feed(text, text + size, true);
+  if (!st.ok()) return st;
+  return parser.finish(out);
+}
+
+Status read_xc(const std::string& path, Dataset* out, const ReadOptions& options) {
+  if (!out) return Status::error("read_xc: out is null");
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return Status::error(strf("%s: cannot open: %s", path.c_str(), std::strerror(errno)));
+  std::fseek(f, 0, SEEK_END);
+  long size = std::ftell(f);
+  std::fseek(f, 0, SEEK_SET);
+  if (size < 0) {
+    std::fclose(f);
+    return Status::error(path + ": cannot determine the file size");
+  }
+  XcParser parser(base_name(path), size_t(size), options);
+  // Stream in 4 MiB chunks; a line split across chunks is carried over to the next one.
+  const size_t chunk = size_t(4) << 20;
+  std::vector<char> buf(chunk);
+  size_t carried = 0;
+  Status st;
+  for (;;) {
+    if (carried == buf.size()) buf.resize(buf.size() * 2);  // a line longer than the buffer
+    size_t got = std::fread(buf.data() + carried, 1, buf.size() - carried, f);
+    size_t have = carried + got;
+    bool eof = got == 0;
+    if (eof && std::ferror(f)) {
+      st = Status::error(path + ": read error");
+      break;
+    }
+    const char* begin = buf.data();
+    const char* end = begin + have;
+    const char* cut = end;
+    if (!eof) {
+      const void* last_nl = nullptr;
+      for (const char* s = end; s > begin;)
+        if (*--s == '\n') { last_nl = s; break; }
+      cut = last_nl ? static_cast<const char*>(last_nl) + 1 : begin;
+    }
+    st = parser.feed(begin, cut, eof);
+    if (!st.ok() || eof) break;
+    carried = size_t(end - cut);
+    std::memmove(buf.data(), cut, carried);
+  }
+  std::fclose(f);
+  if (!st.ok()) return st;
+  return parser.finish(out);
+}
+
+Status write_xc(const std::string& path, const Dataset& data) {
+  std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) return Status::error(strf("%s: cannot create: %s", tmp.c_str(), std::strerror(errno)));
+  std::string line;
+  line.reserve(1 << 16);
+  bool ok = std::fprintf(f, "%zu %zu %zu\n", data.rows, data.features, data.labels) > 0;
+  char num[64];
+  for (size_t r = 0; ok && r < data.rows; ++r) {
+    Dataset::Row row = data.row(r);
+    line.clear();
+    for (size_t k = 0; k < row.num_labels; ++k) {
+      if (k) line += ',';
+      line += std::to_string(row.labels[k]);
+    }
+    if (row.num_labels == 0) line += ' ';
+    for (size_t k = 0; k < row.nnz; ++k) {
+      if (k || row.num_labels) line += ' ';
+      auto res = std::to_chars(num, num + sizeof num, row.values[k]);  // shortest exact form
+      line += std::to_string(row.ids[k]);
+      line += ':';
+      line.append(num, res.ptr);
+    }
+    line += '\n';
+    ok = std::fwrite(line.data(), 1, line.size(), f) == line.size();
+  }
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return Status::error(strf("%s: write failed: %s", path.c_str(), std::strerror(errno)));
+  }
+  return Status();
+}
+
+void normalize_rows(Dataset* data) {
+  for (size_t r = 0; r < data->rows; ++r) {
+    size_t f0 = size_t(data->row_offsets[r]), f1 = size_t(data->row_offsets[r + 1]);
+    double s = 0;
+    for (size_t k = f0; k < f1; ++k) s += double(data->feature_values[k]) * data->feature_values[k];
+    if (s <= 0) continue;
+    float inv = float(1.0 / std::sqrt(s));
+    for (size_t k = f0; k < f1; ++k) data->feature_values[k] *= inv;
+  }
+}
+
+Status make_synthetic(const SyntheticConfig& c, Dataset* train, Dataset* test) {
+  if (!train || !test) return Status::error("make_synthetic: train and test must not be null");
+  if (c.features == 0 || c.features > 0xFFFFFFFFull) return Status::error("make_synthetic: features must be in [1, 2^32)");
+  if (c.labels == 0 || c.labels > 0xFFFFFFFFull) return Status::error("make_synthetic: labels must be in [1, 2^32)");
+  if (c.max_labels == 0 || c.max_labels > c.labels) return Status::error("make_synthetic: max_labels must be in [1, labels]");
+  if (c.prototype_features == 0 || c.prototype_features > c.features) return Status::error("make_synthetic: prototype_features must be in [1, features]");
+  if (!(c.keep_probability > 0.0f && c.keep_probability <= 1.0f)) return Status::error("make_synthetic: keep_probability must be in (0, 1]");
+  if (!(c.zipf_exponent >= 0.0f && c.zipf_exponent <= 4.0f)) return Status::error("make_synthetic: zipf_exponent must be in [0, 4]");
+  Rng rng(c.seed);
+  // Prototypes: each label owns a few random features.
+  std::vector<uint32_t> proto(c.labels * c.prototype_features);
+  for (auto& f : proto) f = rng.below(uint32_t(c.features));
+  // Power-law label frequencies: cumulative weights, sampled by binary search.
+  std::vector<double> cdf(c.labels);
+  double total = 0;
+  for (size_t i = 0; i < c.labels; ++i) cdf[i] = total += 1.0 / std::pow(double(i + 1), double(c.zipf_exponent));
+  // A random permutation so that label id and frequency are unrelated.
+  std::vector<uint32_t> perm(c.labels);
+  std::iota(perm.begin(), perm.end(), 0u);
+  for (size_t i = c.labels; i > 1; --i) std::swap(perm[i - 1], perm[rng.below(uint32_t(i))]);
+
+  Dataset parts[2];
+  std::vector<uint32_t> labels, ids;
+  std::vector<float> vals;
+  for (int part = 0; part < 2; ++part) {
+    Dataset& d = parts[part];
+    d.features = c.features;
+    d.labels = c.labels;
+    size_t rows = part == 0 ? c.train_rows : c.test_rows;
+    for (size_t r = 0; r < rows; ++r) {
+      size_t nl = 1 + rng.below(uint32_t(c.max_labels));
+      labels.clear();
+      while (labels.size() < nl) {
+        double u = double(rng.uniform()) * total;
+        size_t rank = size_t(std::lower_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
+        uint32_t l = perm[std::min(rank, c.labels - 1)];
+        if (std::find(labels.begin(), labels.end(), l) == labels.end()) labels.push_back(l);
+      }
+      std::sort(labels.begin(), labels.end());
+      ids.clear();
+      for (uint32_t l : labels)
+        for (size_t k = 0; k < c.prototype_features; ++k)
+          if (rng.uniform() < c.keep_probability) ids.push_back(proto[l * c.prototype_features + k]);
+      for (size_t k = 0; k < c.noise_features; ++k) ids.push_back(rng.below(uint32_t(c.features)));
+      std::sort(ids.begin(), ids.end());
+      ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+      vals.assign(ids.size(), 1.0f);
+      Status st = d.add_row(ids.data(), vals.data(), ids.size(), labels.data(), labels.size());
+      if (!st.ok()) return st;
+    }
+  }
+  *train = std::move(parts[0]);
+  *test = std::move(parts[1]);
+  return Status();
+}
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Hashing
+//-----------------------------------------------------------------------------------------------
+
+Status validate(const HashConfig& c) {
+  if (c.dim == 0) return Status::error("HashConfig.dim must be > 0");
+  if (c.K < 1 || c.K > 24) return Status::error(strf("HashConfig.K = %u out of range [1, 24]", c.K));
+  if (c.L < 1 || c.L > 1024) return Status::error(strf("HashConfig.L = %u out of range [1, 1024]", c.L));
+  if (c.family == HashFamily::simhash && !(c.density > 0.0f && c.density <= 1.0f))
+    return Status::error(strf("HashConfig.density = %g out of range (0, 1]", double(c.density)));
+  if (c.family == HashFamily::dwta && (c.bin_bits < 1 || c.bin_bits > 8))
+    return Status::error(strf("HashConfig.bin_bits = %u out of range [1, 8]", c.bin_bits));
+  if (c.family != HashFamily::simhash && c.family != HashFamily::dwta)
+    return Status::error("HashConfig.family is not a known hash family");
+  return Status();
+}
+
+Status Hasher::init(const HashConfig& config, Simd simd) {
+  Status st = validate(config);
+  if (!st.ok()) return st;
+  config_ = config;
+  kernels_ = &kernels(simd);
+  Rng rng(mix_seed(config.seed, 0x5148u));
+  projection_.clear();
+  dwta_positions_.clear();
+  dwta_slot_of_.clear();
+  dwta_next_slot_.clear();
+  if (config.family == HashFamily::simhash) {
+    size_t bits = size_t(config.K) * config.L;
+    projection_.resize(size_t(config.dim) * bits);
+    if (config.density >= 1.0f) {
+      for (auto& p : projection_) p = rng.gaussian();
+    } else {
+      for (auto& p : projection_) p = rng.uniform() < config.density ? (rng.next() & 1 ? 1.0f : -1.0f) : 0.0f;
+    }
+  } else {
+    bins_per_table_ = (config.K + config.bin_bits - 1) / config.bin_bits;
+    size_t slots = size_t(bins_per_table_) * config.L << config.bin_bits;
+    // Slots are filled from concatenated random permutations of the coordinates.
+    std::vector<uint32_t> perm(config.dim);
+    dwta_positions_.reserve(slots);
+    while (dwta_positions_.size() < slots) {
+      std::iota(perm.begin(), perm.end(), 0u);
+      for (size_t i = perm.size(); i > 1; --i) std::swap(perm[i - 1], perm[rng.below(uint32_t(i))]);
+      size_t take = std::min(perm.size(), slots - dwta_positions_.size());
+      dwta_positions_.insert(dwta_positions_.end(), perm.begin(), perm.begin() + take);
+    }
+    // Inverse map for sparse inputs: the slots of each coordinate, as a linked list.
+    dwta_slot_of_.assign(config.dim, -1);
+    dwta_next_slot_.assign(slots, 0xFFFFFFFFu);
+    for (size_t s = slots; s-- > 0;) {
+      uint32_t d = dwta_positions_[s];
+      dwta_next_slot_[s] = dwta_slot_of_[d] < 0 ? 0xFFFFFFFFu : uint32_t(dwta_slot_of_[d]);
+      dwta_slot_of_[d] = int32_t(s);
+    }
+  }
+  return Status();
+}
+
+Status Hasher::set_projection(const std::vector<float>& projection) {
+  if (config_.family != HashFamily::simhash) return Status::error("set_projection: only SimHash has a projection matrix");
+  size_t want = size_t(config_.dim) * config_.K * config_.L;
+  if (projection.size() != want)
+    return Status::error(strf("set_projection: size %zu, expected dim*K*L = %u*%u*%u = %zu", projection.size(),
+                              config_.dim, config_.K, config_.L, want));
+  for (size_t i = 0; i < projection.size(); ++i)
+    if (!std::isfinite(projection[i]))
+      return Status::error(strf("set_projection: value %zu (row %zu, column %zu) is not finite", i,
+                                i / (size_t(config_.K) * config_.L), i % (size_t(config_.K) * config_.L)));
+  projection_ = projection;
+  return Status();
+}
+
+namespace {
+// Packs K sign bits per table: bit b of table t is scores[t*K+b] > 0.
+void pack_signs(const float* scores, uint32_t K, uint32_t L, uint32_t* codes) {
+  for (uint32_t t = 0; t < L; ++t) {
+    uint32_t code = 0;
+    const float* s = scores + size_t(t) * K;
+    for (uint32_t b = 0; b < K; ++b) code |= uint32_t(s[b] > 0.0f) << b;
+    codes[t] = code;
+  }
+}
+}  // namespace
+
+// Densification: an empty bin borrows the winner of the first non-empty bin on a deterministic
+// pseudo-random probe sequence; after a bounded number of probes it scans linearly, so it always
+// terminates, and an all-empty input gives code 0 everywhere.
+void Hasher::dwta_codes(const float* bin_max, const uint32_t* bin_winner, uint32_t* codes) const {
+  const uint32_t bins = bins_per_table_ * config_.L;
+  const float empty = -std::numeric_limits<float>::infinity();
+  bool any = false;
+  for (uint32_t i = 0; i < bins && !any; ++i) any = bin_max[i] != empty;
+  const uint32_t mask = config_.K >= 32 ? 0xFFFFFFFFu : (1u << config_.K) - 1u;
+  for (uint32_t t = 0; t < config_.L; ++t) {
+    uint32_t code = 0;
+    for (uint32_t j = 0; j < bins_per_table_; ++j) {
+      uint32_t bin = t * bins_per_table_ + j;
+      uint32_t w = 0;
+      if (bin_max[bin] != empty) {
+        w = bin_winner[bin];
+      } else if (any) {
+        uint32_t donor = bins;
+        for (uint32_t attempt = 1; attempt <= 64 && donor == bins; ++attempt) {
+          uint32_t probe = uint32_t(mix_seed(bin, attempt) % bins);
+          if (bin_max[probe] != empty) donor = probe;
+        }
+        for (uint32_t k = 1; donor == bins; ++k) {
+          uint32_t probe = (bin + k) % bins;
+          if (bin_max[probe] != empty) donor = probe;
+        }
+        // Mixing in the attempt-independent bin index keeps borrowed codes table-specific.
+        w = (bin_winner[donor] + bin) & ((1u << config_.bin_bits) - 1u);
+      }
+      code |= w << (j * config_.bin_bits);
+    }
+    codes[t] = code & mask;
+  }
+}
+
+void Hasher::hash(const float* v, uint32_t* codes) const {
+  if (config_.family == HashFamily::simhash) {
+    std::vector<float> scratch;
+    hash_batch(v, 1, config_.dim, codes, &scratch);
+    return;
+  }
+  const uint32_t bins = bins_per_table_ * config_.L;
+  const uint32_t bin_size = 1u << config_.bin_bits;
+  std::vector<float> bin_max(bins, -std::numeric_limits<float>::infinity());
+  std::vector<uint32_t> winner(bins, 0);
+  for (uint32_t b = 0; b < bins; ++b) {
+    const uint32_t* pos = dwta_positions_.data() + size_t(b) * bin_size;
+    for (uint32_t s = 0; s < bin_size; ++s) {
+      float x = v[pos[s]];
+      if (x != 0.0f && x > bin_max[b]) { bin_max[b] = x; winner[b] = s; }
+    }
+  }
+  dwta_codes(bin_max.data(), winner.data(), codes);
+}
+
+void Hasher::hash_sparse(const uint32_t* ids, const float* values, size_t nnz, uint32_t* codes) const {
+  if (config_.family == HashFamily::simhash) {
+    const size_t bits = size_t(config_.K) * config_.L;
+    std::vector<float> scores(bits, 0.0f);
+    for (size_t k = 0; k < nnz; ++k)
+      if (values[k] != 0.0f) kernels_->axpy(values[k], projection_.data() + size_t(ids[k]) * bits, scores.data(), bits);
+    pack_signs(scores.data(), config_.K, config_.L, codes);
+    return;
+  }
+  const uint32_t bins = bins_per_table_ * config_.L;
+  const uint32_t bin_mask = (1u << config_.bin_bits) - 1u;
+  std::vector<float> bin_max(bins, -std::numeric_limits<float>::infinity());
+  std::vector<uint32_t> winner(bins, 0);
+  for (size_t k = 0; k < nnz; ++k) {
+    float x = values[k];
+    if (x == 0.0f || dwta_slot_of_[ids[k]] < 0) continue;
+    for (uint32_t s = uint32_t(dwta_slot_of_[ids[k]]); s != 0xFFFFFFFFu; s = dwta_next_slot_[s]) {
+      uint32_t b = s >> config_.bin_bits, pos = s & bin_mask;
+      // Ties go to the earlier slot, as in the dense path.
+      if (x > bin_max[b] || (x == bin_max[b] && pos < winner[b])) { bin_max[b] = x; winner[b] = pos; }
+    }
+  }
+  dwta_codes(bin_max.data(), winner.data(), codes);
+}
+
+void Hasher::hash_batch(const float* vs, size_t n, size_t ld, uint32_t* codes,
+                        std::vector<float>* scratch) const {
+  if (config_.family == HashFamily::dwta) {
+    for (size_t i = 0; i < n; ++i) hash(vs + i * ld, codes + i * config_.L);
+    return;
+  }
+  const size_t bits = size_t(config_.K) * config_.L;
+  std::vector<float> local;
+  std::vector<float>& s = scratch ? *scratch : local;
+  // Rows of up to 64 vectors at a time keep the score block small.
+  const size_t block = 64;
+  if (s.size() < std::min(n, block) * bits) s.resize(std::min(n, block) * bits);
+  for (size_t i0 = 0; i0 < n; i0 += block) {
+    size_t m = std::min(block, n - i0);
+    std::fill(s.begin(), s.begin() + ptrdiff_t(m * bits), 0.0f);
+    kernels_->gemm_nn_acc(m, bits, config_.dim, vs + i0 * ld, ld, projection_.data(), bits, s.data(), bits);
+    for (size_t i = 0; i < m; ++i) pack_signs(s.data() + i * bits, config_.K, config_.L, codes + (i0 + i) * config_.L);
+  }
+}
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Hash tables
+//-----------------------------------------------------------------------------------------------
+
+Status validate(const TableConfig& c) {
+  if (c.K < 1 || c.K > 24) return Status::error(strf("TableConfig.K = %u out of range [1, 24]", c.K));
+  if (c.L < 1 || c.L > 1024) return Status::error(strf("TableConfig.L = %u out of range [1, 1024]", c.L));
+  if (c.bucket_capacity < 1 || c.bucket_capacity > 65535)
+    return Status::error(strf("TableConfig.bucket_capacity = %u out of range [1, 65535]", c.bucket_capacity));
+  if (c.policy != BucketPolicy::fifo && c.policy != BucketPolicy::reservoir)
+    return Status::error("TableConfig.policy is not a known bucket policy");
+  return Status();
+}
+
+void QueryResult::clear() {
+  for (uint32_t id : ids) slot[id] = 0;
+  ids.clear();
+  hits.clear();
+}
+
+Status HashTables::init(const TableConfig& config) {
+  Status st = validate(config);
+  if (!st.ok()) return st;
+  config_ = config;
+  page_bits_ = std::min<uint32_t>(config.K, 10);
+  tables_.clear();
+  tables_.resize(config.L);
+  clear();
+  return Status();
+}
+
+void HashTables::clear() {
+  for (uint32_t t = 0; t < tables_.size(); ++t) {
+    Table& tb = tables_[t];
+    tb.pages.clear();
+    tb.pages.resize(size_t(1) << (config_.K - page_bits_));
+    tb.rng_state = mix_seed(config_.seed, t, 0x7AB1Eu);
+  }
+}
+
+HashTables::Bucket* HashTables::bucket_for_insert(uint32_t table, uint32_t code) {
+  auto& page = tables_[table].pages[code >> page_bits_];
+  if (!page) page.reset(new Bucket[size_t(1) << page_bits_]);
+  return &page[code & ((1u << page_bits_) - 1u)];
+}
+
+const HashTables::Bucket* HashTables::find_bucket(uint32_t table, uint32_t code) const {
+  const auto& page = tables_[table].pages[code >> page_bits_];
+  return page ? &page[code & ((1u << page_bits_) - 1u)] : nullptr;
+}
+
+void HashTables::insert_into(uint32_t table, uint32_t id, uint32_t code) {
+  Bucket* b = bucket_for_insert(table, code);
+  uint32_t offered = b->offered++;
+  if (b->ids.size() < config_.bucket_capacity) {
+    b->ids.push_back(id);
+  } else if (config_.policy == BucketPolicy::fifo) {
+    b->ids.erase(b->ids.begin());
+    b->ids.push_back(id);
+  } else {
+    // Algorithm R: the (offered+1)-th id replaces a random one with probability C/(offered+1).
+    uint64_t& st = tables_[table].rng_state;
+    uint64_t r = splitmix64(st);
+    uint64_t j = (r >> 32) * (uint64_t(offered) + 1) >> 32;
+    if (j < b->ids.size()) b->ids[size_t(j)] = id;
+  }
+}
+
+void HashTables::remove_from(uint32_t table, uint32_t id, uint32_t code) {
+  auto& page = tables_[table].pages[code >> page_bits_];
+  if (!page) return;
+  Bucket& b = page[code & ((1u << page_bits_) - 1u)];
+  auto it = std::find(b.ids.begin(), b.ids.end(), id);
+  if (it == b.ids.end()) return;
+  if (config_.policy == BucketPolicy::fifo) {
+    b.ids.erase(it);  // keep the age order
+  } else {
+    *it = b.ids.back();
+    b.ids.pop_back();
+  }
+  // The removed id no longer counts as offered (so repeated updates do not freeze a bucket).
+  b.offered = std::max<uint32_t>(b.offered - 1, uint32_t(b.ids.size()));
+}
+
+void HashTables::insert(uint32_t id, const uint32_t* codes) {
+  const uint32_t mask = (1u << config_.K) - 1u;
+  for (uint32_t t = 0; t < config_.L; ++t) insert_into(t, id, codes[t] & mask);
+}
+
+void HashTables::remove(uint32_t id, const uint32_t* codes) {
+  const uint32_t mask = (1u << config_.K) - 1u;
+  for (uint32_t t = 0; t < config_.L; ++t) remove_from(t, id, codes[t] & mask);
+}
+
+void HashTables::update(uint32_t id, const uint32_t* old_codes, const uint32_t* new_codes) {
+  const uint32_t mask = (1u << config_.K) - 1u;
+  for (uint32_t t = 0; t < config_.L; ++t) {
+    uint32_t a = old_codes[t] & mask, b = new_codes[t] & mask;
+    if (a == b) continue;
+    remove_from(t, id, a);
+    insert_into(t, id, b);
+  }
+}
+
+void HashTables::build(const uint32_t* codes, size_t n, uint32_t threads) {
+  clear();
+  const uint32_t L = config_.L;
+  const uint32_t mask = (1u << config_.K) - 1u;
+  auto build_table = [&](uint32_t t, std::vector<uint32_t>& counts) {
+    // Count first, so each bucket is allocated once at its final size.
+    counts.assign(size_t(1) << config_.K, 0);
+    for (size_t i = 0; i < n; ++i) ++counts[codes[i * L + t] & mask];
+    for (uint32_t c = 0; c <= mask; ++c)
+      if (counts[c]) bucket_for_insert(t, c)->ids.reserve(std::min<uint32_t>(counts[c], config_.bucket_capacity));
+    for (size_t i = 0; i < n; ++i) insert_into(t, uint32_t(i), codes[i * L + t] & mask);
+  };
+  uint32_t workers = std::max<uint32_t>(1, std::min<uint32_t>(threads ? threads : 1, L));
+  if (workers == 1) {
+    std::vector<uint32_t> counts;
+    for (uint32_t t = 0; t < L; ++t) build_table(t, counts);
+    return;
+  }
+  std::vector<std::thread> pool;
+  for (uint32_t w = 0; w < workers; ++w)
+    pool.emplace_back([&, w] {
+      std::vector<uint32_t> counts;
+      for (uint32_t t = w; t < L; t += workers) build_table(t, counts);
+    });
+  for (auto& th : pool) th.join();
+}
+
+void HashTables::query(const uint32_t* codes, QueryResult* out) const {
+  out->clear();
+  const uint32_t mask = (1u << config_.K) - 1u;
+  for (uint32_t t = 0; t < config_.L; ++t) {
+    const Bucket* b = find_bucket(t, codes[t] & mask);
+    if (!b) continue;
+    for (uint32_t id : b->ids) {
+      if (id >= out->slot.size()) out->slot.resize(std::max<size_t>(size_t(id) + 1, out->slot.size() * 2), 0);
+      uint32_t s = out->slot[id];
+      if (s == 0) {
+        out->ids.push_back(id);
+        out->hits.push_back(1);
+        out->slot[id] = uint32_t(out->ids.size());
+      } else {
+        ++out->hits[s - 1];
+      }
+    }
+  }
+}
+
+void HashTables::keep_top_hits(QueryResult* r, size_t m) {
+  size_t n = r->ids.size();
+  uint16_t max_hits = 0;
+  for (uint16_t h : r->hits) max_hits = std::max(max_hits, h);
+  // Counting sort by hits, descending, stable (first seen first among equals).
+  std::vector<size_t> start(size_t(max_hits) + 2, 0);
+  for (uint16_t h : r->hits) ++start[size_t(max_hits - h) + 1];
+  for (size_t i = 1; i < start.size(); ++i) start[i] += start[i - 1];
+  std::vector<uint32_t> ids(n);
+  std::vector<uint16_t> hits(n);
+  for (size_t i = 0; i < n; ++i) {
+    size_t pos = start[size_t(max_hits - r->hits[i])]++;
+    ids[pos] = r->ids[i];
+    hits[pos] = r->hits[i];
+  }
+  size_t keep = std::min(m, n);
+  for (size_t i = keep; i < n; ++i) r->slot[ids[i]] = 0;
+  ids.resize(keep);
+  hits.resize(keep);
+  for (size_t i = 0; i < keep; ++i) r->slot[ids[i]] = uint32_t(i + 1);
+  r->ids.swap(ids);
+  r->hits.swap(hits);
+}
+
+const std::vector<uint32_t>& HashTables::bucket(uint32_t table, uint32_t code) const {
+  static const std::vector<uint32_t> empty;
+  if (table >= tables_.size() || code > (1u << config_.K) - 1u) return empty;
+  const Bucket* b = find_bucket(table, code);
+  return b ? b->ids : empty;
+}
+
+size_t HashTables::stored_ids() const {
+  size_t total = 0;
+  for (const Table& tb : tables_)
+    for (const auto& page : tb.pages)
+      if (page)
+        for (size_t i = 0; i < (size_t(1) << page_bits_); ++i) total += page[i].ids.size();
+  return total;
+}
+
+size_t HashTables::bytes_used() const {
+  size_t total = tables_.capacity() * sizeof(Table);
+  for (const Table& tb : tables_) {
+    total += tb.pages.capacity() * sizeof(tb.pages[0]);
+    for (const auto& page : tb.pages)
+      if (page) {
+        total += (size_t(1) << page_bits_) * sizeof(Bucket);
+        for (size_t i = 0; i < (size_t(1) << page_bits_); ++i) total += page[i].ids.capacity() * sizeof(uint32_t);
+      }
+  }
+  return total;
+}
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Model
+//-----------------------------------------------------------------------------------------------
+// Layout: W1 is D x H (one row per input feature), b1 has H entries. Output neuron j is the row
+// W2[j] = [w_j (H), b_j, 0 padding] of ld = round_up(H + 1, 8) floats, so the bias takes part in
+// retrieval (the query is [h, 1, 0...]) and every row is a whole number of SIMD vectors.
+//
+// Lazy (row-sparse) Adam: a row's moments and weights change only in batches where the row has a
+// gradient; the bias corrections use the global step (batches trained). The full softmax gives
+// every output row a gradient every batch, so there it is ordinary Adam.
+//
+// Parallel updates never race: per-example gradients are recorded, grouped by row in example
+// order, and each row is summed and updated by exactly one worker. Results depend on the seed
+// and the thread count only.
+
+Status validate(const Config& c) {
+  if (c.hidden < 1 || c.hidden > 65536) return Status::error(strf("Config.hidden = %u out of range [1, 65536]", c.hidden));
+  if (!(c.learning_rate > 0.0f && c.learning_rate <= 1.0f)) return Status::error(strf("Config.learning_rate = %g out of range (0, 1]", double(c.learning_rate)));
+  if (!(c.beta1 >= 0.0f && c.beta1 < 1.0f)) return Status::error(strf("Config.beta1 = %g out of range [0, 1)", double(c.beta1)));
+  if (!(c.beta2 >= 0.0f && c.beta2 < 1.0f)) return Status::error(strf("Config.beta2 = %g out of range [0, 1)", double(c.beta2)));
+  if (!(c.adam_eps > 0.0f && c.adam_eps < 1.0f)) return Status::error(strf("Config.adam_eps = %g out of range (0, 1)", double(c.adam_eps)));
+  if (c.batch_size < 1 || c.batch_size > 65536) return Status::error(strf("Config.batch_size = %u out of range [1, 65536]", c.batch_size));
+  if (c.threads > 1024) return Status::error(strf("Config.threads = %u out of range [0, 1024]", c.threads));
+  if (c.output != OutputMode::full && c.output != OutputMode::lsh) return Status::error("Config.output is not a known output mode");
+  if (c.output == OutputMode::lsh) {
+    HashConfig hc;
+    hc.family = c.hash;
+    hc.dim = c.hidden + 1;
+    hc.K = c.K;
+    hc.L = c.L;
+    hc.density = c.hash_density;
+    Status st = validate(hc);
+    if (!st.ok()) return Status::error("Config: " + st.message().substr(st.message().find('.') + 1).insert(0, "hash "));
+    TableConfig tc;
+    tc.K = c.K;
+    tc.L = c.L;
+    tc.bucket_capacity = c.bucket_capacity;
+    tc.policy = c.bucket_policy;
+    st = validate(tc);
+    if (!st.ok()) return Status::error("Config." + st.message().substr(st.message().find('.') + 1));
+    if (c.max_active != 0 && c.max_active < c.min_active)
+      return Status::error(strf("Config.max_active = %u is below min_active = %u (0 means no cap)", c.max_active, c.min_active));
+    if (!(c.rehash_decay >= 0.0f && c.rehash_decay <= 1.0f)) return Status::error(strf("Config.rehash_decay = %g out of range [0, 1]", double(c.rehash_decay)));
+  }
+  return Status();
+}
+
+namespace {
+
+size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
+
+// Gradients of many rows, each a weighted sum of per-example vectors, grouped by row in example
+// order: row keys[i] gets sum over entries [offsets[i], offsets[i+1]) of weight * vector(example).
+struct GroupedGradient {
+  std::vector<uint32_t> keys;
+  std::vector<uint32_t> offsets;
+  std::vector<uint32_t> examples;
+  std::vector<float> weights;
+  std::vector<int32_t> slot;  // per key: index into keys, or -1 (kept all -1 between uses)
+  std::vector<uint32_t> counts;
+
+  // `emit(e, add)` calls add(key, weight) for each entry of example e.
+  template <class Emit>
+  void collect(size_t key_space, size_t n_examples, Emit&& emit) {
+    if (slot.size() < key_space) slot.assign(key_space, -1);
+    keys.clear();
+    counts.clear();
+    for (size_t e = 0; e < n_examples; ++e)
+      emit(e, [&](uint32_t key, float) {
+        int32_t s = slot[key];
+        if (s < 0) {
+          slot[key] = s = int32_t(keys.size());
+          keys.push_back(key);
+          counts.push_back(0);
+        }
+        ++counts[size_t(s)];
+      });
+    offsets.assign(keys.size() + 1, 0);
+    for (size_t i = 0; i < keys.size(); ++i) offsets[i + 1] = offsets[i] + counts[i];
+    examples.resize(offsets.back());
+    weights.resize(offsets.back());
+    for (size_t i = 0; i < keys.size(); ++i) counts[i] = offsets[i];
+    for (size_t e = 0; e < n_examples; ++e)
+      emit(e, [&](uint32_t key, float w) {
+        uint32_t pos = counts[size_t(slot[key])]++;
+        examples[pos] = uint32_t(e);
+        weights[pos] = w;
+      });
+    for (uint32_t k : keys) slot[k] = -1;
+  }
+};
+
+// Keeps the k best (score, label) pairs seen, best first; ties keep the smaller label.
+struct TopK {
+  size_t k;
+  std::vector<Scored> items;
+  explicit TopK(size_t k_) : k(k_) { items.reserve(k_ + 1); }
+  void offer(uint32_t label, float score) {
+    if (items.size() == k && !(score > items.back().score)) return;
+    size_t i = items.size() < k ? items.size() : k - 1;
+    if (items.size() < k) items.push_back({label, score});
+    while (i > 0 && items[i - 1].score < score) {
+      items[i] = items[i - 1];
+      --i;
+    }
+    items[i] = {label, score};
+  }
+};
+
+// Adds to hits_at[0..3) how many of the first 1, 3 and 5 predictions are true labels.
+void accumulate_precision(const std::vector<Scored>& top, const Dataset::Row& row, double* hits_at) {
+  size_t found = 0;
+  for (size_t i = 0; i < 5; ++i) {
+    if (i < top.size() && std::find(row.labels, row.labels + row.num_labels, top[i].label) != row.labels + row.num_labels)
+      ++found;
+    if (i == 0) hits_at[0] += double(found);
+    if (i == 2) hits_at[1] += double(found);
+    if (i == 4) hits_at[2] += double(found);
+  }
+}
+
+}  // namespace
+
+struct Model::Impl {
+  Config cfg;
+  size_t D = 0, N = 0;
+  size_t H = 0, ld = 0;
+  const Kernels* k = nullptr;
+  std::unique_ptr<ThreadPool> pool;
+
+  std::vector<float> W1, b1, W1_m, W1_v, b1_m, b1_v;  // input layer and its Adam moments
+  std::vector<float> W2, W2_m, W2_v;                  // output layer rows [w; b; pad]
+  uint64_t step = 0;
+  uint64_t epoch = 0;
+  TrainStats stats;
+
+  // LSH index (output == lsh).
+  Hasher hasher;
+  HashTables tables;
+  std::vector<uint32_t> item_codes;  // N x L: codes under which each neuron was inserted
+  uint64_t next_rehash = 0, next_new_hash = 0, hash_generation = 0;
+
+  // Per-worker scratch.
+  struct Worker {
+    QueryResult qr;
+    std::vector<float> hash_scratch, grad, dq, block_t, block_g;
+  };
+  std::vector<Worker> workers;
+
+  // Per-batch scratch.
+  std::vector<float> act;          // B x H hidden activations (after ReLU)
+  std::vector<float> queries;      // B x ld: [h, 1, 0...]
+  std::vector<float> dact;         // B x H gradient w.r.t. the hidden activations
+  std::vector<float> logits;       // full: B x N
+  std::vector<uint32_t> codes;     // lsh: B x L
+  std::vector<float> losses;       // B
+  std::vector<uint8_t> has_labels; // B
+  std::vector<std::vector<uint32_t>> active;  // lsh: active neurons of each example
+  std::vector<std::vector<float>> dlogits;    // lsh: dL/dz for them
+  GroupedGradient grouped_in, grouped_out;
+
+  uint32_t threads() const { return pool->size(); }
+
+  AdamStep adam_step() const { return AdamStep::at(cfg.learning_rate, cfg.beta1, cfg.beta2, cfg.adam_eps, step); }
+
+  void ensure_batch(size_t B) {
+    if (act.size() < B * H) {
+      act.resize(B * H);
+      dact.resize(B * H);
+      queries.resize(B * ld);
+      losses.resize(B);
+      has_labels.resize(B);
+      active.resize(B);
+      dlogits.resize(B);
+      codes.resize(B * cfg.L);
+    }
+  }
+
+  // Hidden layer for rows[0..n) into act/queries, in parallel.
+  void hidden_forward(const Dataset& data, const uint32_t* rows, size_t n) const {
+    auto& self = const_cast<Impl&>(*this);
+    self.run_chunks(n, 16, [&](size_t e0, size_t e1, uint32_t) {
+      for (size_t e = e0; e < e1; ++e) hidden_one(data.row(rows[e]), &self.act[e * H], &self.queries[e * ld]);
+    });
+  }
+
+  void hidden_one(const Dataset::Row& row, float* h, float* q) const {
+    std::memcpy(h, b1.data(), H * sizeof(float));
+    k->sparse_matvec(row.ids, row.values, row.nnz, W1.data(), H, H, h);
+    k->relu(h, H);
+    std::memcpy(q, h, H * sizeof(float));
+    q[H] = 1.0f;
+    for (size_t i = H + 1; i < ld; ++i) q[i] = 0.0f;
+  }
+
+  // Runs fn(begin, end, worker) over [0, n) in chunks of `chunk`, distributed over the workers.
+  template <class F>
+  void run_chunks(size_t n, size_t chunk, F&& fn) const {
+    size_t tasks = (n + chunk - 1) / chunk;
+    pool->run(tasks, [&](size_t t, uint32_t w) { fn(t * chunk, std::min(n, (t + 1) * chunk), w); });
+  }
+
+  // Sums and applies one GroupedGradient: row key of W (row length len, stride row_ld) gets
+  // sum weight * vecs[example * vec_ld ..] then one Adam step.
+  void apply_grouped(const GroupedGradient& g, const float* vecs, size_t vec_ld, float* W, float* M,
+                     float* V, size_t row_ld, size_t len, const AdamStep& st) {
+    run_chunks(g.keys.size(), 64, [&](size_t i0, size_t i1, uint32_t w) {
+      std::vector<float>& grad = workers[w].grad;
+      if (grad.size() < len) grad.resize(len);
+      for (size_t i = i0; i < i1; ++i) {
+        std::fill(grad.begin(), grad.begin() + ptrdiff_t(len), 0.0f);
+        for (uint32_t p = g.offsets[i]; p < g.offsets[i + 1]; ++p)
+          k->axpy(g.weights[p], vecs + size_t(g.examples[p]) * vec_ld, grad.data(), len);
+        size_t r = size_t(g.keys[i]) * row_ld;
+        k->adam(W + r, grad.data(), M + r, V + r, len, st);
+      }
+    });
+  }
+
+  // Loss and dL/dz for one example whose logits z (of the neurons ids, or of all N when ids is
+  // null) are given; z becomes dL/dz scaled by `scale`. Multi-label target: 1/|y| on each label.
+  float softmax_loss(float* z, size_t n, const uint32_t* ids, const Dataset::Row& row, float scale,
+                     const std::vector<uint32_t>* slot) const {
+    const float t = 1.0f / float(row.num_labels);
+    double label_logit_sum = 0;
+    // Positions of the labels among the scored neurons.
+    auto position = [&](uint32_t label) -> size_t {
+      if (!ids) return label;
+      return size_t((*slot)[label]) - 1;  // labels are always in the active set
+    };
+    for (size_t i = 0; i < row.num_labels; ++i) label_logit_sum += z[position(row.labels[i])];
+    float lse = k->softmax(z, n);
+    float loss = float(double(lse) - label_logit_sum * t);
+    for (size_t i = 0; i < row.num_labels; ++i) z[position(row.labels[i])] -= t;
+    k->scale(scale, z, n);
+    return loss;
+  }
+
+  // ---- Full softmax: blocked GEMMs; each block of output rows is updated while in cache. ----
+  void full_forward_backward(const Dataset& data, const uint32_t* rows, size_t B, size_t labelled,
+                             const AdamStep& st) {
+    if (logits.size() < B * N) logits.resize(B * N);
+    const size_t nb = 128;
+    const size_t blocks = (N + nb - 1) / nb;
+    double t0 = now_seconds();
+    pool->run(blocks, [&](size_t b, uint32_t) {
+      size_t j0 = b * nb, j1 = std::min(N, j0 + nb);
+      k->gemm_nt(B, j1 - j0, ld, queries.data(), ld, W2.data() + j0 * ld, ld, logits.data() + j0, N);
+    });
+    const float scale = 1.0f / float(labelled);
+    run_chunks(B, 4, [&](size_t e0, size_t e1, uint32_t) {
+      for (size_t e = e0; e < e1; ++e) {
+        Dataset::Row row = data.row(rows[e]);
+        float* z = logits.data() + e * N;
+        if (!has_labels[e]) {
+          std::fill(z, z + N, 0.0f);
+          losses[e] = 0;
+          continue;
+        }
+        losses[e] = softmax_loss(z, N, nullptr, row, scale, nullptr);
+      }
+    });
+    stats.forward_backward_seconds += now_seconds() - t0;
+    if (!losses_finite(B)) return;
+    t0 = now_seconds();
+    for (Worker& w : workers) w.dq.assign(B * ld, 0.0f);
+    pool->run(blocks, [&](size_t b, uint32_t wi) {
+      Worker& w = workers[wi];
+      size_t j0 = b * nb, j1 = std::min(N, j0 + nb), m = j1 - j0;
+      // dQ += dZ[:, block] W2[block] (before the block's rows are updated).
+      k->gemm_nn_acc(B, ld, m, logits.data() + j0, N, W2.data() + j0 * ld, ld, w.dq.data(), ld);
+      // gW[block] = dZ[:, block]^T Q.
+      w.block_t.resize(m * B);
+      for (size_t e = 0; e < B; ++e)
+        for (size_t j = 0; j < m; ++j) w.block_t[j * B + e] = logits[e * N + j0 + j];
+      w.block_g.assign(m * ld, 0.0f);
+      k->gemm_nn_acc(m, ld, B, w.block_t.data(), B, queries.data(), ld, w.block_g.data(), ld);
+      for (size_t j = 0; j < m; ++j) {
+        size_t r = (j0 + j) * ld;
+        k->adam(W2.data() + r, w.block_g.data() + j * ld, W2_m.data() + r, W2_v.data() + r, ld, st);
+      }
+    });
+    // dact = sum of the workers' partial dQ, in worker order (deterministic).
+    for (size_t e = 0; e < B; ++e) {
+      float* d = dact.data() + e * H;
+      std::memcpy(d, workers[0].dq.data() + e * ld, H * sizeof(float));
+      for (size_t w = 1; w < workers.size(); ++w) k->add(workers[w].dq.data() + e * ld, d, H);
+    }
+    stats.update_seconds += now_seconds() - t0;
+  }
+
+  bool losses_finite(size_t B) const {
+    for (size_t e = 0; e < B; ++e)
+      if (!std::isfinite(losses[e])) return false;
+    return true;
+  }
+
+  // Adds `id` to a query result (no-op if present); hits 0 marks neurons not from the tables.
+  static void add_candidate(QueryResult& qr, uint32_t id) {
+    if (id >= qr.slot.size()) qr.slot.resize(std::max<size_t>(size_t(id) + 1, qr.slot.size() * 2), 0);
+    if (qr.slot[id]) return;
+    qr.ids.push_back(id);
+    qr.hits.push_back(0);
+    qr.slot[id] = uint32_t(qr.ids.size());
+  }
+
+  // ---- LSH-sampled output layer. ----
+  void lsh_forward_backward(const Dataset& data, const uint32_t* rows, size_t B, size_t labelled) {
+    double t0 = now_seconds();
+    run_chunks(B, 16, [&](size_t e0, size_t e1, uint32_t w) {
+      hasher.hash_batch(queries.data() + e0 * ld, e1 - e0, ld, codes.data() + e0 * cfg.L, &workers[w].hash_scratch);
+    });
+    double t1 = now_seconds();
+    stats.hash_seconds += t1 - t0;
+    const float scale = 1.0f / float(labelled);
+    std::vector<double> query_time(workers.size(), 0.0), active_total(workers.size(), 0.0);
+    run_chunks(B, 2, [&](size_t e0, size_t e1, uint32_t wi) {
+      Worker& w = workers[wi];
+      for (size_t e = e0; e < e1; ++e) {
+        double q0 = now_seconds();
+        std::vector<uint32_t>& act_ids = active[e];
+        std::vector<float>& dz = dlogits[e];
+        act_ids.clear();
+        dz.clear();
+        float* dq = dact.data() + e * H;
+        std::fill(dq, dq + H, 0.0f);
+        if (!has_labels[e]) {
+          losses[e] = 0;
+          continue;
+        }
+        Dataset::Row row = data.row(rows[e]);
+        select_active(codes.data() + e * cfg.L, row, mix_seed(cfg.seed, step, rows[e]), w.qr);
+        act_ids.assign(w.qr.ids.begin(), w.qr.ids.end());
+        active_total[wi] += double(act_ids.size());
+        double q1 = now_seconds();
+        query_time[wi] += q1 - q0;
+        dz.resize(act_ids.size());
+        const float* q = queries.data() + e * ld;
+        k->row_scores(W2.data(), ld, act_ids.data(), act_ids.size(), q, ld, nullptr, dz.data());
+        losses[e] = softmax_loss(dz.data(), dz.size(), act_ids.data(), row, scale, &w.qr.slot);
+        for (size_t i = 0; i < act_ids.size(); ++i) k->axpy(dz[i], W2.data() + size_t(act_ids[i]) * ld, dq, H);
+        w.qr.clear();
+      }
+    });
+    double t2 = now_seconds();
+    double qt = 0;
+    for (size_t w = 0; w < workers.size(); ++w) {
+      qt += query_time[w] / double(workers.size());
+      stats.active_sum += active_total[w];
+    }
+    stats.query_seconds += qt;
+    stats.forward_backward_seconds += (t2 - t1) - qt;
+  }
+
+  // The active set of one example: table hits (capped by max_active), the true labels, then
+  // random neurons up to min_active. Left in qr (ids; slot marks membership).
+  void select_active(const uint32_t* query_codes, const Dataset::Row& row, uint64_t seed, QueryResult& qr) const {
+    tables.query(query_codes, &qr);
+    if (cfg.max_active && qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&qr, cfg.max_active);
+    for (size_t i = 0; i < row.num_labels; ++i) add_candidate(qr, row.labels[i]);
+    size_t want = std::min<size_t>(cfg.min_active, N);
+    if (qr.ids.size() < want) {
+      Rng rng(seed);
+      while (qr.ids.size() < want) add_candidate(qr, rng.below(uint32_t(N)));
+    }
+  }
+
+  void lsh_update(size_t B, const AdamStep& st) {
+    double t0 = now_seconds();
+    grouped_out.collect(N, B, [&](size_t e, auto&& add) {
+      const auto& ids = active[e];
+      const auto& dz = dlogits[e];
+      for (size_t i = 0; i < ids.size(); ++i) add(ids[i], dz[i]);
+    });
+    apply_grouped(grouped_out, queries.data(), ld, W2.data(), W2_m.data(), W2_v.data(), ld, ld, st);
+    stats.update_seconds += now_seconds() - t0;
+  }
+
+  // Re-hashes every output neuron from its current weights and rebuilds the tables.
+  void rebuild_tables() {
+    double t0 = now_seconds();
+    item_codes.resize(N * cfg.L);
+    run_chunks(N, 1024, [&](size_t i0, size_t i1, uint32_t w) {
+      hasher.hash_batch(W2.data() + i0 * ld, i1 - i0, ld, item_codes.data() + i0 * cfg.L, &workers[w].hash_scratch);
+    });
+    tables.build(item_codes.data(), N, threads());
+    stats.rehash_seconds += now_seconds() - t0;
+    ++stats.rehashes;
+  }
+
+  Status init_hashing() {
+    HashConfig hc;
+    hc.family = cfg.hash;
+    hc.dim = uint32_t(H + 1);
+    hc.K = cfg.K;
+    hc.L = cfg.L;
+    hc.density = cfg.hash_density;
+    hc.seed = mix_seed(cfg.seed, 0x4A54u, hash_generation);
+    Status st = hasher.init(hc, cfg.simd);
+    if (!st.ok()) return st;
+    TableConfig tc;
+    tc.K = cfg.K;
+    tc.L = cfg.L;
+    tc.bucket_capacity = cfg.bucket_capacity;
+    tc.policy = cfg.bucket_policy;
+    tc.seed = mix_seed(cfg.seed, 0x7AB7u, hash_generation);
+    return tables.init(tc);
+  }
+
+  void maybe_rehash() {
+    if (cfg.new_hash_every && stats.batches >= next_new_hash) {
+      ++hash_generation;
+      ++stats.new_hash_functions;
+      init_hashing();  // cannot fail: the config was validated at init
+      next_new_hash = stats.batches + cfg.new_hash_every;
+      rebuild_tables();
+      schedule_next_rehash();
+      return;
+    }
+    if (cfg.rehash_every && stats.batches >= next_rehash) {
+      rebuild_tables();
+      schedule_next_rehash();
+    }
+  }
+
+  void schedule_next_rehash() {
+    if (!cfg.rehash_every) return;
+    double period = double(cfg.rehash_every) * std::exp(double(cfg.rehash_decay) * double(stats.rehashes));
+    next_rehash = stats.batches + uint64_t(std::min(period, 1e15));
+  }
+
+  Status train_batch(const Dataset& data, const uint32_t* rows, size_t B, float* loss_out) {
+    double start = now_seconds();
+    ensure_batch(B);
+    size_t labelled = 0;
+    for (size_t e = 0; e < B; ++e) {
+      has_labels[e] = data.row(rows[e]).num_labels > 0;
+      labelled += has_labels[e];
+    }
+    if (labelled == 0) {  // nothing to learn from; not an error
+      if (loss_out) *loss_out = 0;
+      return Status();
+    }
+    ++step;
+    AdamStep st = adam_step();
+    double t0 = now_seconds();
+    hidden_forward(data, rows, B);
+    stats.hidden_seconds += now_seconds() - t0;
+    if (cfg.output == OutputMode::full) {
+      full_forward_backward(data, rows, B, labelled, st);
+    } else {
+      lsh_forward_backward(data, rows, B, labelled);
+    }
+    double loss = 0;
+    for (size_t e = 0; e < B; ++e) loss += losses[e];
+    loss /= double(labelled);
+    if (!std::isfinite(loss)) {
+      --step;
+      return Status::error(strf("training diverged at batch %llu: the loss is not finite (weights before this batch are kept%s)",
+                                (unsigned long long)(stats.batches + 1),
+                                cfg.output == OutputMode::full ? "; the output layer is kept as it was before the batch" : ""));
+    }
+    if (cfg.output == OutputMode::lsh) lsh_update(B, st);
+    // Input layer: back through the ReLU, then grouped lazy Adam on the touched feature rows.
+    t0 = now_seconds();
+    run_chunks(B, 32, [&](size_t e0, size_t e1, uint32_t) {
+      for (size_t e = e0; e < e1; ++e) k->relu_backward(&act[e * H], &dact[e * H], H);
+    });
+    grouped_in.collect(D, B, [&](size_t e, auto&& add) {
+      Dataset::Row row = data.row(rows[e]);
+      for (size_t i = 0; i < row.nnz; ++i) add(row.ids[i], row.values[i]);
+    });
+    apply_grouped(grouped_in, dact.data(), H, W1.data(), W1_m.data(), W1_v.data(), H, H, st);
+    std::vector<float>& g = workers[0].grad;
+    g.assign(H, 0.0f);
+    for (size_t e = 0; e < B; ++e) k->add(&dact[e * H], g.data(), H);
+    k->adam(b1.data(), g.data(), b1_m.data(), b1_v.data(), H, st);
+    stats.update_seconds += now_seconds() - t0;
+
+    ++stats.batches;
+    stats.examples += labelled;
+    if (cfg.output == OutputMode::lsh) maybe_rehash();
+    stats.seconds += now_seconds() - start;
+    if (loss_out) *loss_out = float(loss);
+    return Status();
+  }
+
+  // Top-k for one example whose query q is ready; mode lsh scores only retrieved neurons.
+  void predict_one(const float* q, size_t topk, InferMode mode, Worker& w, std::vector<float>& scores,
+                   TopK& top, size_t* candidates) const {
+    top.items.clear();
+    if (mode == InferMode::full) {
+      if (scores.size() < N) scores.resize(N);
+      k->gemm_nt(1, N, ld, q, ld, W2.data(), ld, scores.data(), N);
+      for (size_t j = 0; j < N; ++j) top.offer(uint32_t(j), scores[j]);
+      *candidates = N;
+      return;
+    }
+    std::vector<uint32_t> c(cfg.L);
+    hasher.hash_batch(q, 1, ld, c.data(), &w.hash_scratch);
+    tables.query(c.data(), &w.qr);
+    if (scores.size() < w.qr.ids.size()) scores.resize(w.qr.ids.size());
+    k->row_scores(W2.data(), ld, w.qr.ids.data(), w.qr.ids.size(), q, ld, nullptr, scores.data());
+    for (size_t i = 0; i < w.qr.ids.size(); ++i) top.offer(w.qr.ids[i], scores[i]);
+    *candidates = w.qr.ids.size();
+    w.qr.clear();
+    (void)topk;
+  }
+};
+
+Model::Model() = default;
+Model::~Model() = default;
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+
+Status Model::init(const Config& config, size_t features, size_t labels) {
+  Status st = validate(config);
+  if (!st.ok()) return st;
+  if (features == 0 || features > 0xFFFFFFFFull) return Status::error(strf("Model::init: features = %zu out of range [1, 2^32)", features));
+  if (labels == 0 || labels > 0xFFFFFFFFull) return Status::error(strf("Model::init: labels = %zu out of range [1, 2^32)", labels));
+  auto m = std::make_unique<Impl>();
+  m->cfg = config;
+  m->D = features;
+  m->N = labels;
+  m->H = config.hidden;
+  m->ld = round_up(m->H + 1, 8);
+  m->k = &kernels(config.simd);
+  m->pool = std::make_unique<ThreadPool>(resolve_threads(config.threads));
+  m->workers.resize(m->pool->size());
+  Rng rng(mix_seed(config.seed, 0x1417u));
+  // Input rows ~ N(0, 1/H) suits L2-normalized inputs; output rows ~ U(-1/sqrt(H), 1/sqrt(H)),
+  // biases 0 (as PyTorch's Linear).
+  m->W1.resize(m->D * m->H);
+  float s1 = 1.0f / std::sqrt(float(m->H));
+  for (auto& w : m->W1) w = rng.gaussian() * s1;
+  m->b1.assign(m->H, 0.0f);
+  m->W2.assign(m->N * m->ld, 0.0f);
+  float s2 = 1.0f / std::sqrt(float(m->H));
+  for (size_t j = 0; j < m->N; ++j)
+    for (size_t i = 0; i < m->H; ++i) m->W2[j * m->ld + i] = (2.0f * rng.uniform() - 1.0f) * s2;
+  m->W1_m.assign(m->W1.size(), 0.0f);
+  m->W1_v.assign(m->W1.size(), 0.0f);
+  m->b1_m.assign(m->H, 0.0f);
+  m->b1_v.assign(m->H, 0.0f);
+  m->W2_m.assign(m->W2.size(), 0.0f);
+  m->W2_v.assign(m->W2.size(), 0.0f);
+  if (config.output == OutputMode::lsh) {
+    st = m->init_hashing();
+    if (!st.ok()) return st;
+    m->rebuild_tables();
+    m->stats.rehashes = 0;  // the initial build is not a re-hash
+    m->stats.rehash_seconds = 0;
+    m->next_new_hash = config.new_hash_every;
+    m->schedule_next_rehash();
+  }
+  impl_ = std::move(m);
+  return Status();
+}
+
+bool Model::initialized() const { return impl_ != nullptr; }
+const Config& Model::config() const {
+  static const Config defaults;
+  return impl_ ? impl_->cfg : defaults;
+}
+size_t Model::features() const { return impl_ ? impl_->D : 0; }
+size_t Model::labels() const { return impl_ ? impl_->N : 0; }
+const TrainStats& Model::stats() const {
+  static const TrainStats none;
+  return impl_ ? impl_->stats : none;
+}
+
+namespace {
+Status check_compatible(const Model::Impl& m, const Dataset& data, const char* where) {
+  if (data.features > m.D)
+    return Status::error(strf("%s: the dataset has %zu features but the model takes %zu", where, data.features, m.D));
+  if (data.labels > m.N)
+    return Status::error(strf("%s: the dataset has %zu labels but the model has %zu outputs", where, data.labels, m.N));
+  if (data.row_offsets.size() != data.rows + 1 || data.label_offsets.size() != data.rows + 1)
+    return Status::error(strf("%s: the dataset's offsets do not match its row count", where));
+  return Status();
+}
+}  // namespace
+
+Status Model::train_batch(const Dataset& data, const uint32_t* rows, size_t n, float* loss) {
+  if (!impl_) return Status::error("Model::train_batch: the model is not initialized (call init)");
+  Status st = check_compatible(*impl_, data, "Model::train_batch");
+  if (!st.ok()) return st;
+  if (!rows || n == 0) return Status::error("Model::train_batch: no rows given");
+  for (size_t i = 0; i < n; ++i)
+    if (rows[i] >= data.rows) return Status::error(strf("Model::train_batch: row %u out of range [0, %zu)", rows[i], data.rows));
+  return impl_->train_batch(data, rows, n, loss);
+}
+
+Status Model::train_epoch(const Dataset& data) {
+  if (!impl_) return Status::error("Model::train_epoch: the model is not initialized (call init)");
+  Status st = check_compatible(*impl_, data, "Model::train_epoch");
+  if (!st.ok()) return st;
+  Impl& m = *impl_;
+  std::vector<uint32_t> order(data.rows);
+  std::iota(order.begin(), order.end(), 0u);
+  Rng rng(mix_seed(m.cfg.seed, 0xE90Cu, m.epoch));
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng.below(uint32_t(i))]);
+  const size_t B = m.cfg.batch_size;
+  Progress p;
+  p.epoch = m.epoch;
+  p.batches_in_epoch = (order.size() + B - 1) / B;
+  double loss_sum = 0;
+  for (size_t b0 = 0; b0 < order.size(); b0 += B) {
+    float loss = 0;
+    st = m.train_batch(data, order.data() + b0, std::min(B, order.size() - b0), &loss);
+    if (!st.ok()) return st;
+    loss_sum += loss;
+    ++p.batch;
+    p.seconds = m.stats.seconds;
+    p.mean_loss = loss_sum / double(p.batch);
+    if (m.cfg.on_progress && !m.cfg.on_progress(p)) break;
+  }
+  ++m.epoch;
+  ++m.stats.epochs;
+  m.stats.mean_loss_last_epoch = p.batch ? loss_sum / double(p.batch) : 0.0;
+  return Status();
+}
+
+Status Model::evaluate(const Dataset& data, InferMode mode, Metrics* out) const {
+  if (!impl_) return Status::error("Model::evaluate: the model is not initialized (call init)");
+  if (!out) return Status::error("Model::evaluate: out is null");
+  Status st = check_compatible(*impl_, data, "Model::evaluate");
+  if (!st.ok()) return st;
+  const Impl& m = *impl_;
+  if (mode == InferMode::lsh && m.cfg.output != OutputMode::lsh)
+    return Status::error("Model::evaluate: InferMode::lsh needs a model trained with OutputMode::lsh");
+  double t0 = now_seconds();
+  const size_t chunk = mode == InferMode::full ? 32 : 64;
+  const size_t tasks = (data.rows + chunk - 1) / chunk;
+  std::vector<double> hits(tasks * 3, 0.0), candidates(tasks, 0.0);
+  auto& self = const_cast<Impl&>(m);  // per-worker scratch only; weights are not touched
+  self.pool->run(tasks, [&](size_t t, uint32_t wi) {
+    size_t r0 = t * chunk, r1 = std::min(data.rows, r0 + chunk), n = r1 - r0;
+    std::vector<float> h(m.H), q(n * m.ld), scores;
+    for (size_t r = r0; r < r1; ++r) m.hidden_one(data.row(r), h.data(), &q[(r - r0) * m.ld]);
+    TopK top(5);
+    if (mode == InferMode::full) {
+      // One GEMM per chunk streams W2 once for `chunk` examples.
+      scores.resize(n * m.N);
+      m.k->gemm_nt(n, m.N, m.ld, q.data(), m.ld, m.W2.data(), m.ld, scores.data(), m.N);
+      for (size_t i = 0; i < n; ++i) {
+        top.items.clear();
+        const float* s = scores.data() + i * m.N;
+        for (size_t j = 0; j < m.N; ++j) top.offer(uint32_t(j), s[j]);
+        accumulate_precision(top.items, data.row(r0 + i), &hits[t * 3]);
+      }
+      candidates[t] = double(n * m.N);
+    } else {
+      for (size_t i = 0; i < n; ++i) {
+        size_t c = 0;
+        m.predict_one(&q[i * m.ld], 5, mode, self.workers[wi], scores, top, &c);
+        accumulate_precision(top.items, data.row(r0 + i), &hits[t * 3]);
+        candidates[t] += double(c);
+      }
+    }
+  });
+  double h1 = 0, h3 = 0, h5 = 0, cand = 0;
+  for (size_t t = 0; t < tasks; ++t) {
+    h1 += hits[t * 3];
+    h3 += hits[t * 3 + 1];
+    h5 += hits[t * 3 + 2];
+    cand += candidates[t];
+  }
+  Metrics r;
+  r.rows = data.rows;
+  double rows = data.rows ? double(data.rows) : 1.0;
+  r.p_at_1 = h1 / rows;
+  r.p_at_3 = h3 / (3 * rows);
+  r.p_at_5 = h5 / (5 * rows);
+  r.seconds = now_seconds() - t0;
+  r.ms_per_example = 1000.0 * r.seconds * double(m.threads()) / rows;
+  r.mean_candidates = cand / rows;
+  *out = r;
+  return Status();
+}
+
+Status Model::predict(const uint32_t* ids, const float* values, size_t nnz, size_t topk, InferMode mode,
+                      std::vector<Scored>* out) const {
+  if (!impl_) return Status::error("Model::predict: the model is not initialized (call init)");
+  if (!out) return Status::error("Model::predict: out is null");
+  if (topk == 0) return Status::error("Model::predict: k must be >= 1");
+  if (nnz && (!ids || !values)) return Status::error("Model::predict: ids/values are null");
+  const Impl& m = *impl_;
+  if (mode == InferMode::lsh && m.cfg.output != OutputMode::lsh)
+    return Status::error("Model::predict: InferMode::lsh needs a model trained with OutputMode::lsh");
+  for (size_t i = 0; i < nnz; ++i) {
+    if (ids[i] >= m.D) return Status::error(strf("Model::predict: feature id %u (position %zu) out of range [0, %zu)", ids[i], i, m.D));
+    if (!std::isfinite(values[i])) return Status::error(strf("Model::predict: value at position %zu is not finite", i));
+  }
+  Dataset::Row row{ids, values, nnz, nullptr, 0};
+  std::vector<float> h(m.H), q(m.ld), scores;
+  m.hidden_one(row, h.data(), q.data());
+  TopK top(topk);
+  Impl::Worker w;  // own scratch: predict may run concurrently with other const calls
+  size_t c = 0;
+  m.predict_one(q.data(), topk, mode, w, scores, top, &c);
+  *out = top.items;
+  return Status();
+}
+
+size_t Model::parameter_bytes() const {
+  if (!impl_) return 0;
+  const Impl& m = *impl_;
+  size_t floats = m.W1.size() * 3 + m.b1.size() * 3 + m.W2.size() * 3;
+  return floats * sizeof(float) + m.tables.bytes_used() + m.item_codes.size() * sizeof(uint32_t);
+}
+
+}  // namespace mongoose

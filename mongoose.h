@@ -1,0 +1,476 @@
+// mongoose.h - LSH-sampled extreme classification with a rebuild scheduler (MONGOOSE, ICLR 2021).
+//
+// Two files, mongoose.h + mongoose.cpp, C++17 standard library only. Compile with
+//   c++ -O2 -std=c++17 -pthread your_program.cpp mongoose.cpp
+// AVX2/FMA kernels are compiled with target attributes and chosen at run time, so no -m flags are
+// needed; a portable scalar path runs everywhere else.
+//
+// The network: sparse input x (D features) -> hidden h = ReLU(W1^T x + b1) (H units) -> output over
+// N labels. The output layer is either the full softmax, or a softmax over the few neurons an LSH
+// index retrieves for h (SLIDE), optionally kept current by a change-detecting scheduler and
+// learned hash functions (MONGOOSE).
+//
+// Errors are returned as Status, never thrown across the API. The library never prints and never
+// exits; it reports progress through a callback if you give it one.
+//
+// Index of this file (mongoose.cpp follows the same order):
+// [SECTION] Status
+// [SECTION] Dense math
+// [SECTION] Random numbers
+// [SECTION] Data
+// [SECTION] Hashing
+// [SECTION] Hash tables
+// [SECTION] Model
+//
+// Quick start:
+//   mongoose::Dataset train, test;
+//   mongoose::Status st = mongoose::read_xc("train.txt", &train);
+//   if (st.ok()) st = mongoose::read_xc("test.txt", &test);
+//   mongoose::Config cfg;                 // documented defaults below
+//   cfg.output = mongoose::OutputMode::lsh;
+//   mongoose::Model model;
+//   if (st.ok()) st = model.init(cfg, train.features, train.labels);
+//   for (int epoch = 0; st.ok() && epoch < 5; ++epoch) st = model.train_epoch(train);
+//   mongoose::Metrics m;
+//   if (st.ok()) st = model.evaluate(test, mongoose::InferMode::full, &m);   // m.p_at_1 ...
+
+#ifndef MONGOOSE_H
+#define MONGOOSE_H
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#define MONGOOSE_VERSION_MAJOR 0
+#define MONGOOSE_VERSION_MINOR 1
+
+namespace mongoose {
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Status
+//-----------------------------------------------------------------------------------------------
+
+// Result of every fallible call: ok, or an error with a message naming the problem and where.
+class Status {
+ public:
+  Status() = default;                                  // ok
+  static Status error(std::string message);            // an empty message becomes "error"
+  bool ok() const { return message_.empty(); }
+  const std::string& message() const { return message_; }
+
+ private:
+  std::string message_;
+};
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Dense math
+//-----------------------------------------------------------------------------------------------
+// Every kernel is written once over a small SIMD vocabulary and instantiated twice: AVX2+FMA
+// (compiled with target attributes) and portable scalar. Pointers need no alignment; lengths may
+// be 0. Matrices are row-major with an explicit leading dimension (floats between row starts).
+
+enum class Simd {
+  automatic,  // AVX2+FMA when this CPU has them, else scalar
+  scalar,     // portable path, forced (tests, comparisons, non-x86 targets)
+  avx2,       // AVX2+FMA; falls back to scalar when the CPU lacks them
+};
+
+// True when the CPU supports AVX2 and FMA (checked once; false on non-x86 builds).
+bool cpu_has_avx2();
+
+// Adam hyper-parameters for one optimizer step t >= 1, with bias corrections precomputed:
+// m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w -= lr * (m * c1) / (sqrt(v * c2) + eps),
+// c1 = 1 / (1 - b1^t), c2 = 1 / (1 - b2^t).
+struct AdamStep {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  float c1 = 1.0f, c2 = 1.0f;
+  static AdamStep at(float lr, float beta1, float beta2, float eps, uint64_t t);
+};
+
+// The kernel table for one instruction set. All functions are pure apart from their outputs.
+struct Kernels {
+  Simd level;        // Simd::scalar or Simd::avx2: what actually runs
+  const char* name;  // "scalar" or "avx2"
+  // sum_i a[i] * b[i]
+  float (*dot)(const float* a, const float* b, size_t n);
+  // y[i] += alpha * x[i]
+  void (*axpy)(float alpha, const float* x, float* y, size_t n);
+  // x[i] *= alpha
+  void (*scale)(float alpha, float* x, size_t n);
+  // y[i] += x[i]
+  void (*add)(const float* x, float* y, size_t n);
+  // out[i] = W[row_i] . x (+ bias[row_i] when bias != nullptr), row_i = rows[i], or i when rows is
+  // nullptr; W rows are ld floats apart and x has n floats. The sampled layer's forward.
+  void (*row_scores)(const float* W, size_t ld, const uint32_t* rows, size_t count, const float* x,
+                     size_t n, const float* bias, float* out);
+  // out[0..n) += sum_k values[k] * W[ids[k]][0..n): sparse vector times dense matrix (input layer).
+  void (*sparse_matvec)(const uint32_t* ids, const float* values, size_t nnz, const float* W,
+                        size_t ld, size_t n, float* out);
+  // x[i] = max(x[i], 0)
+  void (*relu)(float* x, size_t n);
+  // grad[i] = act[i] > 0 ? grad[i] : 0   (act is the ReLU output)
+  void (*relu_backward)(const float* act, float* grad, size_t n);
+  // log(sum_i exp(x[i])), stable for any finite input; -inf when n == 0.
+  float (*logsumexp)(const float* x, size_t n);
+  // x[i] = exp(x[i] - logsumexp(x)) in place; returns that log-sum-exp.
+  float (*softmax)(float* x, size_t n);
+  // Adam on one row of n parameters (see AdamStep); g is the row's gradient.
+  void (*adam)(float* w, const float* g, float* m, float* v, size_t n, const AdamStep& step);
+  // C[i][j] = A[i] . B[j] for i < M, j < N over K floats (C = A B^T): batched logits.
+  void (*gemm_nt)(size_t M, size_t N, size_t K, const float* A, size_t lda, const float* B,
+                  size_t ldb, float* C, size_t ldc);
+  // C[i][0..N) += sum_k A[i][k] * B[k][0..N) for i < M (C += A B): batched back-propagation.
+  void (*gemm_nn_acc)(size_t M, size_t N, size_t K, const float* A, size_t lda, const float* B,
+                      size_t ldb, float* C, size_t ldc);
+};
+
+// The kernels for the requested level (see Simd). The table is static and lives forever.
+const Kernels& kernels(Simd want = Simd::automatic);
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Random numbers
+//-----------------------------------------------------------------------------------------------
+
+// Small, fast, seedable generator (SplitMix64 seeding a xoshiro256** state). Same seed, same
+// sequence on every platform. Every random choice in the library goes through one of these.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed = 1);
+  uint64_t next();                 // uniform 64 bits
+  uint32_t below(uint32_t n);      // uniform in [0, n), n > 0 (unbiased)
+  float uniform();                 // uniform in [0, 1)
+  float gaussian();                // standard normal
+
+ private:
+  uint64_t s_[4];
+};
+
+// Mixes several values into one seed (for per-table, per-epoch, per-example streams).
+uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0);
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Data
+//-----------------------------------------------------------------------------------------------
+// The extreme-classification text format: a header line "rows features labels", then one line per
+// row: "l1,l2,... f:v f:v ..." with 0-based label ids, then 0-based feature ids with values. A row
+// may have no label (the line then starts with a space).
+
+// A multi-label sparse dataset in CSR form: row r's features are
+// feature_ids/values[row_offsets[r] .. row_offsets[r+1]), its labels
+// label_ids[label_offsets[r] .. label_offsets[r+1]).
+struct Dataset {
+  size_t rows = 0, features = 0, labels = 0;
+  std::vector<uint64_t> row_offsets{0};
+  std::vector<uint32_t> feature_ids;
+  std::vector<float> feature_values;
+  std::vector<uint64_t> label_offsets{0};
+  std::vector<uint32_t> label_ids;
+
+  struct Row {
+    const uint32_t* ids;
+    const float* values;
+    size_t nnz;
+    const uint32_t* labels;
+    size_t num_labels;
+  };
+  Row row(size_t r) const;
+  // Appends one row; ids must be < features and labels < labels (checked: error names the row).
+  Status add_row(const uint32_t* ids, const float* values, size_t nnz, const uint32_t* labels,
+                 size_t num_labels);
+  size_t bytes() const;  // memory held by the vectors
+};
+
+struct ReadOptions {
+  // Refuse inputs whose header implies more memory than this (bytes), before allocating it.
+  size_t max_bytes = size_t(8) << 30;
+};
+
+// Reads an XC text file. Streaming, validating: the row count must match the header, ids be in
+// range, numbers finite and well-formed, nothing trailing. Errors read "file:line:col: what", e.g.
+// "train.txt:1234:17: feature id 20001 out of range [0, 20000)". On error *out is left untouched.
+Status read_xc(const std::string& path, Dataset* out, const ReadOptions& options = {});
+// The same parser over a memory buffer; `name` is used in error messages.
+Status parse_xc(const char* text, size_t size, const std::string& name, Dataset* out,
+                const ReadOptions& options = {});
+// Writes an XC text file (values with up to 9 significant digits, so they read back exactly).
+Status write_xc(const std::string& path, const Dataset& data);
+
+// Scales each row's feature values to unit L2 norm (rows with no features are left alone).
+void normalize_rows(Dataset* data);
+
+// Learnable synthetic multi-label data: each label owns a few "prototype" features; an example
+// draws 1..max_labels labels with power-law frequencies and emits a noisy subset of their
+// prototypes plus random noise features. Same config, same data.
+struct SyntheticConfig {
+  size_t train_rows = 20000, test_rows = 5000;
+  size_t features = 5000, labels = 2000;
+  size_t max_labels = 3;              // labels per example: uniform in [1, max_labels]
+  size_t prototype_features = 8;      // features owned by each label
+  float keep_probability = 0.6f;      // each prototype feature appears with this probability
+  size_t noise_features = 4;          // random features added to every example
+  float zipf_exponent = 1.0f;         // label frequency ~ 1 / rank^exponent
+  uint64_t seed = 7;
+};
+Status make_synthetic(const SyntheticConfig& config, Dataset* train, Dataset* test);
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Hashing
+//-----------------------------------------------------------------------------------------------
+// L hash functions, each giving a K-bit bucket id in [0, 2^K).
+
+enum class HashFamily {
+  simhash,  // signed random projections: bit b of table t = sign(P[:, t*K+b] . v) > 0
+  dwta,     // densified winner-take-all: per bin of 2^bin_bits permuted coordinates, the position
+            // of the largest non-zero value (bin_bits bits); empty bins borrow from others
+};
+
+struct HashConfig {
+  HashFamily family = HashFamily::simhash;
+  uint32_t dim = 0;       // input dimension, > 0
+  uint32_t K = 6;         // bits per table, 1..24
+  uint32_t L = 50;        // tables, 1..1024
+  // SimHash projections: 1 = dense Gaussian; in (0, 1) = sparse with entries in {-1, 0, +1},
+  // each non-zero with this probability (SLIDE uses 1/3).
+  float density = 1.0f;
+  uint32_t bin_bits = 3;  // DWTA: bits per bin (bin size 2^bin_bits), 1..8
+  uint64_t seed = 1;
+};
+
+// Checks a HashConfig; the error names the bad field and its allowed range.
+Status validate(const HashConfig& config);
+
+class Hasher {
+ public:
+  Status init(const HashConfig& config, Simd simd = Simd::automatic);
+  const HashConfig& config() const { return config_; }
+
+  // codes[0..L) for one dense vector of dim floats.
+  void hash(const float* v, uint32_t* codes) const;
+  // codes[0..L) for one sparse vector (ids < dim; DWTA reads only the listed coordinates).
+  void hash_sparse(const uint32_t* ids, const float* values, size_t nnz, uint32_t* codes) const;
+  // codes[i*L .. i*L+L) for n dense vectors (row i at vs + i*ld). SimHash: one matrix product
+  // (gemm) then sign packing. `scratch` avoids allocation when reused (grows as needed).
+  void hash_batch(const float* vs, size_t n, size_t ld, uint32_t* codes,
+                  std::vector<float>* scratch = nullptr) const;
+
+  // SimHash projection matrix: dim rows x (K*L) columns, row-major; column t*K+b is bit b of
+  // table t. Any real values work (learned projections, +-1, ...).
+  const std::vector<float>& projection() const { return projection_; }
+  // Replaces it; the size must be dim * K * L and every value finite.
+  Status set_projection(const std::vector<float>& projection);
+
+ private:
+  HashConfig config_;
+  const Kernels* kernels_ = nullptr;
+  std::vector<float> projection_;        // simhash
+  std::vector<uint32_t> dwta_positions_; // dwta: coordinate of each slot, bins x 2^bin_bits
+  std::vector<int32_t> dwta_slot_of_;    // dwta: per coordinate, first slot index or -1
+  std::vector<uint32_t> dwta_next_slot_; // dwta: chain of further slots of the same coordinate
+  uint32_t bins_per_table_ = 0;
+  void dwta_codes(const float* bin_max_values, const uint32_t* bin_winner, uint32_t* codes) const;
+};
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Hash tables
+//-----------------------------------------------------------------------------------------------
+// L tables of 2^K buckets of 32-bit item ids, each bucket holding at most `bucket_capacity` ids.
+// Buckets are allocated when first used, so memory follows what is stored. The tables do not
+// remember items' codes: remove/update take them from the caller (the sampled layer keeps them).
+
+enum class BucketPolicy {
+  fifo,       // a full bucket drops its oldest id
+  reservoir,  // a full bucket keeps a uniform sample of all ids offered to it (Vitter's R)
+};
+
+struct TableConfig {
+  uint32_t K = 6, L = 50;           // as in HashConfig
+  uint32_t bucket_capacity = 128;   // 1..65535
+  BucketPolicy policy = BucketPolicy::reservoir;
+  uint64_t seed = 1;                // reservoir choices
+};
+Status validate(const TableConfig& config);
+
+// Reusable result of a query: the union of the probed buckets with a hit count per item.
+// Holds its own buffers, so repeated queries do not allocate once they have grown.
+struct QueryResult {
+  std::vector<uint32_t> ids;    // distinct items, in first-seen order
+  std::vector<uint16_t> hits;   // hits[i]: in how many of the L buckets ids[i] was found
+  std::vector<uint32_t> slot;   // internal: per item id, 1 + index into ids, or 0
+  void clear();                 // empties ids/hits (cost proportional to ids.size())
+};
+
+class HashTables {
+ public:
+  Status init(const TableConfig& config);
+  const TableConfig& config() const { return config_; }
+
+  // Adds `id` to bucket codes[t] of each table t (codes has L entries in [0, 2^K)).
+  void insert(uint32_t id, const uint32_t* codes);
+  // Removes `id` from the buckets named by codes (where it was inserted); absent ids are ignored.
+  void remove(uint32_t id, const uint32_t* codes);
+  // remove(id, old_codes) then insert(id, new_codes), skipping tables whose code did not change.
+  void update(uint32_t id, const uint32_t* old_codes, const uint32_t* new_codes);
+  void clear();  // drops every id and frees the buckets
+  // Clears, then inserts items 0..n-1 (codes row-major n x L), tables in parallel on `threads`
+  // threads. Deterministic for a fixed seed whatever the thread count.
+  void build(const uint32_t* codes, size_t n, uint32_t threads = 1);
+
+  // Union of the buckets codes[t] over all tables, with hit counts, into *out (cleared first).
+  void query(const uint32_t* codes, QueryResult* out) const;
+  // Keeps only the m items with the most hits (ties: first seen), in descending hit order.
+  static void keep_top_hits(QueryResult* result, size_t m);
+  // The ids in bucket `bucket` of table `table` (empty if never used).
+  const std::vector<uint32_t>& bucket(uint32_t table, uint32_t bucket) const;
+
+  size_t stored_ids() const;  // ids held over all buckets
+  size_t bytes_used() const;  // heap bytes held by the tables (ids, buckets, directories)
+
+ private:
+  struct Bucket {
+    std::vector<uint32_t> ids;
+    uint32_t offered = 0;  // ids offered since the bucket was cleared (reservoir sampling)
+  };
+  struct Table {
+    std::vector<std::unique_ptr<Bucket[]>> pages;  // lazily allocated pages of buckets
+    uint64_t rng_state = 0;
+  };
+  TableConfig config_;
+  std::vector<Table> tables_;
+  uint32_t page_bits_ = 0;
+  Bucket* bucket_for_insert(uint32_t table, uint32_t code);
+  const Bucket* find_bucket(uint32_t table, uint32_t code) const;
+  void insert_into(uint32_t table, uint32_t id, uint32_t code);
+  void remove_from(uint32_t table, uint32_t id, uint32_t code);
+};
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Model
+//-----------------------------------------------------------------------------------------------
+
+enum class OutputMode {
+  full,  // exact softmax over all N labels (the dense baseline)
+  lsh,   // softmax over the neurons the LSH tables retrieve (SLIDE)
+};
+
+enum class InferMode {
+  full,  // score every label exactly
+  lsh,   // score only the neurons retrieved by the tables (needs an lsh model)
+};
+
+// Training progress, passed to Config::on_progress after every batch.
+struct Progress {
+  uint64_t epoch = 0;             // 0-based epoch being trained
+  uint64_t batch = 0;             // batches done in this epoch
+  uint64_t batches_in_epoch = 0;
+  double seconds = 0;             // training seconds so far (all epochs)
+  double mean_loss = 0;           // mean loss over this epoch's batches so far
+};
+
+// All options, with their defaults. Checked by Model::init; errors name the field and range.
+struct Config {
+  // Network and optimizer.
+  uint32_t hidden = 128;          // hidden units, 1..65536
+  OutputMode output = OutputMode::full;
+  float learning_rate = 1e-3f;    // Adam step size, (0, 1]
+  float beta1 = 0.9f, beta2 = 0.999f, adam_eps = 1e-8f;
+  uint32_t batch_size = 128;      // examples per batch, 1..65536
+  uint32_t threads = 0;           // worker threads; 0 = all cores
+  uint64_t seed = 42;             // weights, shuffling, sampling, hash functions
+  Simd simd = Simd::automatic;
+
+  // LSH output layer (output == lsh).
+  HashFamily hash = HashFamily::simhash;
+  uint32_t K = 6, L = 50;         // bits per table, tables
+  float hash_density = 1.0f;      // SimHash projection density (see HashConfig)
+  uint32_t bucket_capacity = 128;
+  BucketPolicy bucket_policy = BucketPolicy::reservoir;
+  uint32_t min_active = 1000;     // pad the active set with random neurons up to this size
+  uint32_t max_active = 0;        // 0 = no cap; else keep the most-hit neurons (labels always in)
+  uint32_t rehash_every = 50;     // re-insert all neurons every this many batches (0 = never)
+  float rehash_decay = 0.0f;      // > 0: the period grows by exp(decay * rehashes) (SLIDE paper)
+  uint32_t new_hash_every = 0;    // draw new hash functions every this many batches (0 = never)
+
+  // Called after every batch; return false to stop training (train_epoch then returns ok).
+  std::function<bool(const Progress&)> on_progress;
+};
+Status validate(const Config& config);
+
+// Precision at 1, 3 and 5 over a dataset: the fraction of the top-k predictions that are true
+// labels, averaged over all rows (rows without labels count as 0).
+struct Metrics {
+  double p_at_1 = 0, p_at_3 = 0, p_at_5 = 0;
+  size_t rows = 0;
+  double seconds = 0;            // wall time of the evaluation
+  double ms_per_example = 0;
+  double mean_candidates = 0;    // InferMode::lsh: neurons scored per example
+};
+
+// Cumulative training counters and the time split of training (seconds, wall clock).
+struct TrainStats {
+  uint64_t batches = 0, examples = 0, epochs = 0;
+  double seconds = 0;            // total training wall time
+  double mean_loss_last_epoch = 0;
+  // Output-layer time split.
+  double hidden_seconds = 0;     // input layer forward
+  double hash_seconds = 0;       // hashing the queries (lsh)
+  double query_seconds = 0;      // table look-ups and active-set assembly (lsh)
+  double forward_backward_seconds = 0;
+  double update_seconds = 0;     // gradient merge and Adam (both layers)
+  double rehash_seconds = 0;     // re-inserting neurons into the tables (lsh)
+  uint64_t rehashes = 0;         // full table rebuilds
+  uint64_t new_hash_functions = 0;
+  double active_sum = 0;         // sum over examples of the active-set size (lsh)
+  double active_mean() const { return examples ? active_sum / double(examples) : 0.0; }
+};
+
+// One scored label.
+struct Scored {
+  uint32_t label;
+  float score;  // logit
+};
+
+class Model {
+ public:
+  Model();
+  ~Model();
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  // Creates the network for `features` inputs and `labels` outputs (random weights from
+  // config.seed). Must be called before anything else.
+  Status init(const Config& config, size_t features, size_t labels);
+  bool initialized() const;
+  const Config& config() const;
+  size_t features() const;
+  size_t labels() const;
+
+  // One Adam step on rows[0..n) of `data` (n <= batch_size is not required; any n >= 1).
+  // *loss (optional) receives the batch's mean cross-entropy.
+  Status train_batch(const Dataset& data, const uint32_t* rows, size_t n, float* loss = nullptr);
+  // One pass over `data` in a shuffled order (seeded by config.seed and the epoch number), in
+  // batches of config.batch_size. Calls config.on_progress after each batch.
+  Status train_epoch(const Dataset& data);
+
+  // P@1/3/5 over every row of `data`, scoring all labels (full) or the retrieved ones (lsh).
+  Status evaluate(const Dataset& data, InferMode mode, Metrics* out) const;
+  // The k best labels for one sparse input, best first.
+  Status predict(const uint32_t* ids, const float* values, size_t nnz, size_t k, InferMode mode,
+                 std::vector<Scored>* out) const;
+
+  const TrainStats& stats() const;
+  size_t parameter_bytes() const;  // weights + optimizer state + index
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mongoose
+
+#endif  // MONGOOSE_H
