@@ -34,6 +34,15 @@
 #define MONGOOSE_HAVE_AVX2 0
 #endif
 
+// Register tiles are small fixed-size loops that must be fully unrolled to stay in registers.
+#if defined(__clang__)
+#define MONGOOSE_UNROLL _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__)
+#define MONGOOSE_UNROLL _Pragma("GCC unroll 16")
+#else
+#define MONGOOSE_UNROLL
+#endif
+
 namespace mongoose {
 
 //-----------------------------------------------------------------------------------------------
@@ -323,90 +332,96 @@ inline void adam_k(float* w, const float* g, float* m, float* v, size_t n, const
   }
 }
 
-// C[i][j] = A[i] . B[j] for an MR x NR block of C: MR*NR accumulators, one pass over K.
-template <class O, size_t MR, size_t NR>
-inline void gemm_nt_block(size_t K, const float* A, size_t lda, const float* B, size_t ldb,
-                          float* C, size_t ldc) {
-  constexpr size_t W = O::W;
-  typename O::V acc[MR][NR], a[MR], b;
-  for (size_t r = 0; r < MR; ++r)
-    for (size_t c = 0; c < NR; ++c) O::zero(acc[r][c]);
-  size_t k = 0;
-  for (; k + W <= K; k += W) {
-    for (size_t r = 0; r < MR; ++r) O::load(a[r], A + r * lda + k);
-    for (size_t c = 0; c < NR; ++c) {
-      O::load(b, B + c * ldb + k);
-      for (size_t r = 0; r < MR; ++r) O::fma(acc[r][c], a[r], b);
+// C = A B^T in panels of NP = 3W columns: the panel's rows of B are packed transposed (K x NP),
+// so the inner loop broadcasts A[i][k] against contiguous vectors of the panel (no horizontal
+// sums). MR rows of C per step: MR*3 accumulators.
+template <class O, size_t MR>
+inline void gemm_nt_panel(size_t K, const float* A, size_t lda, const float* packed, float* C,
+                          size_t ldc, size_t columns) {
+  constexpr size_t W = O::W, NV = 3, NP = NV * W;
+  typename O::V acc[MR][NV], a, b[NV];
+  MONGOOSE_UNROLL for (size_t r = 0; r < MR; ++r)
+    MONGOOSE_UNROLL for (size_t v = 0; v < NV; ++v) O::zero(acc[r][v]);
+  for (size_t k = 0; k < K; ++k) {
+    MONGOOSE_UNROLL for (size_t v = 0; v < NV; ++v) O::load(b[v], packed + k * NP + v * W);
+    MONGOOSE_UNROLL for (size_t r = 0; r < MR; ++r) {
+      O::set1(a, A[r * lda + k]);
+      MONGOOSE_UNROLL for (size_t v = 0; v < NV; ++v) O::fma(acc[r][v], a, b[v]);
     }
   }
-  for (size_t r = 0; r < MR; ++r)
-    for (size_t c = 0; c < NR; ++c) {
-      float s = O::hsum(acc[r][c]);
-      for (size_t kk = k; kk < K; ++kk) s += A[r * lda + kk] * B[c * ldb + kk];
-      C[r * ldc + c] = s;
-    }
+  if (columns == NP) {
+    MONGOOSE_UNROLL for (size_t r = 0; r < MR; ++r)
+      MONGOOSE_UNROLL for (size_t v = 0; v < NV; ++v) O::store(C + r * ldc + v * W, acc[r][v]);
+    return;
+  }
+  float tmp[NP];
+  MONGOOSE_UNROLL for (size_t r = 0; r < MR; ++r) {
+    MONGOOSE_UNROLL for (size_t v = 0; v < NV; ++v) O::store(tmp + v * W, acc[r][v]);
+    for (size_t c = 0; c < columns; ++c) C[r * ldc + c] = tmp[c];
+  }
 }
 
 template <class O>
 inline void gemm_nt_k(size_t M, size_t N, size_t K, const float* A, size_t lda, const float* B,
                       size_t ldb, float* C, size_t ldc) {
-  size_t i = 0;
-  for (; i + 4 <= M; i += 4) {
-    size_t j = 0;
-    for (; j + 2 <= N; j += 2) gemm_nt_block<O, 4, 2>(K, A + i * lda, lda, B + j * ldb, ldb, C + i * ldc + j, ldc);
-    for (; j < N; ++j) gemm_nt_block<O, 4, 1>(K, A + i * lda, lda, B + j * ldb, ldb, C + i * ldc + j, ldc);
-  }
-  for (; i < M; ++i) {
-    size_t j = 0;
-    for (; j + 4 <= N; j += 4) gemm_nt_block<O, 1, 4>(K, A + i * lda, lda, B + j * ldb, ldb, C + i * ldc + j, ldc);
-    for (; j < N; ++j) gemm_nt_block<O, 1, 1>(K, A + i * lda, lda, B + j * ldb, ldb, C + i * ldc + j, ldc);
+  constexpr size_t NP = 3 * O::W;
+  if (M == 0 || N == 0) return;
+  std::vector<float> packed(K * NP);
+  for (size_t j0 = 0; j0 < N; j0 += NP) {
+    size_t columns = std::min(NP, N - j0);
+    for (size_t c = 0; c < NP; ++c)
+      for (size_t k = 0; k < K; ++k) packed[k * NP + c] = c < columns ? B[(j0 + c) * ldb + k] : 0.0f;
+    size_t i = 0;
+    for (; i + 4 <= M; i += 4) gemm_nt_panel<O, 4>(K, A + i * lda, lda, packed.data(), C + i * ldc + j0, ldc, columns);
+    for (; i < M; ++i) gemm_nt_panel<O, 1>(K, A + i * lda, lda, packed.data(), C + i * ldc + j0, ldc, columns);
   }
 }
 
-// C[i][j..j+NV*W) += sum_k A[i][k] B[k][j..] for MR rows: NV vectors of C per row in registers.
-template <class O, size_t MR, size_t NV>
+// C[i][j..j+NV*W) += sum_k a(i, k) B[k][j..] for MR rows, NV vectors of C per row in registers;
+// a(i, k) = A[i][k], or A[k][i] when TransA.
+template <class O, bool TransA, size_t MR, size_t NV>
 inline void gemm_nn_block(size_t K, const float* A, size_t lda, const float* B, size_t ldb,
                           float* C, size_t ldc) {
   constexpr size_t W = O::W;
   typename O::V acc[MR][NV], a, b[NV];
-  for (size_t r = 0; r < MR; ++r)
-    for (size_t v = 0; v < NV; ++v) O::load(acc[r][v], C + r * ldc + v * W);
+  MONGOOSE_UNROLL for (size_t r = 0; r < MR; ++r)
+    MONGOOSE_UNROLL for (size_t v = 0; v < NV; ++v) O::load(acc[r][v], C + r * ldc + v * W);
   for (size_t k = 0; k < K; ++k) {
-    for (size_t v = 0; v < NV; ++v) O::load(b[v], B + k * ldb + v * W);
-    for (size_t r = 0; r < MR; ++r) {
-      O::set1(a, A[r * lda + k]);
-      for (size_t v = 0; v < NV; ++v) O::fma(acc[r][v], a, b[v]);
+    MONGOOSE_UNROLL for (size_t v = 0; v < NV; ++v) O::load(b[v], B + k * ldb + v * W);
+    MONGOOSE_UNROLL for (size_t r = 0; r < MR; ++r) {
+      O::set1(a, TransA ? A[k * lda + r] : A[r * lda + k]);
+      MONGOOSE_UNROLL for (size_t v = 0; v < NV; ++v) O::fma(acc[r][v], a, b[v]);
     }
   }
-  for (size_t r = 0; r < MR; ++r)
-    for (size_t v = 0; v < NV; ++v) O::store(C + r * ldc + v * W, acc[r][v]);
+  MONGOOSE_UNROLL for (size_t r = 0; r < MR; ++r)
+    MONGOOSE_UNROLL for (size_t v = 0; v < NV; ++v) O::store(C + r * ldc + v * W, acc[r][v]);
 }
 
-template <class O>
-inline void gemm_nn_acc_k(size_t M, size_t N, size_t K, const float* A, size_t lda, const float* B,
-                          size_t ldb, float* C, size_t ldc) {
+template <class O, bool TransA>
+inline void gemm_acc_k(size_t M, size_t N, size_t K, const float* A, size_t lda, const float* B,
+                       size_t ldb, float* C, size_t ldc) {
   constexpr size_t W = O::W;
+  // Row i of C reads A at row i (A[i][k]) or at column i (A[k][i]).
+  auto a_at = [&](size_t i) { return TransA ? A + i : A + i * lda; };
+  auto scalar_column = [&](size_t i, size_t rows, size_t j) {
+    for (size_t r = 0; r < rows; ++r) {
+      float s = C[(i + r) * ldc + j];
+      for (size_t k = 0; k < K; ++k) s += (TransA ? A[k * lda + i + r] : A[(i + r) * lda + k]) * B[k * ldb + j];
+      C[(i + r) * ldc + j] = s;
+    }
+  };
   size_t i = 0;
   for (; i + 4 <= M; i += 4) {
     size_t j = 0;
-    for (; j + 3 * W <= N; j += 3 * W) gemm_nn_block<O, 4, 3>(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
-    for (; j + W <= N; j += W) gemm_nn_block<O, 4, 1>(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
-    for (; j < N; ++j)
-      for (size_t r = 0; r < 4; ++r) {
-        float s = C[(i + r) * ldc + j];
-        for (size_t k = 0; k < K; ++k) s += A[(i + r) * lda + k] * B[k * ldb + j];
-        C[(i + r) * ldc + j] = s;
-      }
+    for (; j + 3 * W <= N; j += 3 * W) gemm_nn_block<O, TransA, 4, 3>(K, a_at(i), lda, B + j, ldb, C + i * ldc + j, ldc);
+    for (; j + W <= N; j += W) gemm_nn_block<O, TransA, 4, 1>(K, a_at(i), lda, B + j, ldb, C + i * ldc + j, ldc);
+    for (; j < N; ++j) scalar_column(i, 4, j);
   }
   for (; i < M; ++i) {
     size_t j = 0;
-    for (; j + 3 * W <= N; j += 3 * W) gemm_nn_block<O, 1, 3>(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
-    for (; j + W <= N; j += W) gemm_nn_block<O, 1, 1>(K, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
-    for (; j < N; ++j) {
-      float s = C[i * ldc + j];
-      for (size_t k = 0; k < K; ++k) s += A[i * lda + k] * B[k * ldb + j];
-      C[i * ldc + j] = s;
-    }
+    for (; j + 3 * W <= N; j += 3 * W) gemm_nn_block<O, TransA, 1, 3>(K, a_at(i), lda, B + j, ldb, C + i * ldc + j, ldc);
+    for (; j + W <= N; j += W) gemm_nn_block<O, TransA, 1, 1>(K, a_at(i), lda, B + j, ldb, C + i * ldc + j, ldc);
+    for (; j < N; ++j) scalar_column(i, 1, j);
   }
 }
 
@@ -438,13 +453,17 @@ inline void gemm_nn_acc_k(size_t M, size_t N, size_t K, const float* A, size_t l
   }                                                                                                 \
   ATTR void gemm_nn_acc_##SUFFIX(size_t M, size_t N, size_t K, const float* A, size_t lda,          \
                                  const float* B, size_t ldb, float* C, size_t ldc) {                \
-    gemm_nn_acc_k<OPS>(M, N, K, A, lda, B, ldb, C, ldc);                                            \
+    gemm_acc_k<OPS, false>(M, N, K, A, lda, B, ldb, C, ldc);                                        \
+  }                                                                                                 \
+  ATTR void gemm_tn_acc_##SUFFIX(size_t M, size_t N, size_t K, const float* A, size_t lda,          \
+                                 const float* B, size_t ldb, float* C, size_t ldc) {                \
+    gemm_acc_k<OPS, true>(M, N, K, A, lda, B, ldb, C, ldc);                                         \
   }                                                                                                 \
   const Kernels kernels_##SUFFIX = {                                                                \
       Simd::SUFFIX,       #SUFFIX,          dot_##SUFFIX,     axpy_##SUFFIX,                        \
       scale_##SUFFIX,     add_##SUFFIX,     row_scores_##SUFFIX, sparse_matvec_##SUFFIX,            \
       relu_##SUFFIX,      relu_backward_##SUFFIX, logsumexp_##SUFFIX, softmax_##SUFFIX,             \
-      adam_##SUFFIX,      gemm_nt_##SUFFIX, gemm_nn_acc_##SUFFIX};
+      adam_##SUFFIX,      gemm_nt_##SUFFIX, gemm_nn_acc_##SUFFIX, gemm_tn_acc_##SUFFIX};
 
 MONGOOSE_KERNEL_ENTRY_POINTS(, ScalarOps, scalar)
 #if MONGOOSE_HAVE_AVX2
@@ -694,6 +713,8 @@ class XcParser {
       if (content_end > p && content_end[-1] == '\r') --content_end;  // accept CRLF
       Status st = header_done_ ? parse_row(p, content_end) : parse_header(p, content_end);
       if (!st.ok()) return st;
+      last_line_terminated_ = nl != nullptr;
+      last_line_length_ = size_t(line_end - p);
       p = nl ? nl + 1 : end;
     }
     return Status();
@@ -701,9 +722,14 @@ class XcParser {
 
   Status finish(Dataset* out) {
     if (!header_done_) return Status::error(name_ + ":1:1: empty file: expected a header line \"rows features labels\"");
-    if (data_.rows != declared_rows_)
-      return Status::error(strf("%s:%zu:1: file ends after %zu rows but the header declares %zu",
-                                name_.c_str(), line_ + 1, data_.rows, declared_rows_));
+    if (data_.rows != declared_rows_) {
+      // Point just past the last character: the start of the missing line, or the end of an
+      // unterminated last line.
+      size_t line = last_line_terminated_ ? line_ + 1 : line_;
+      size_t col = last_line_terminated_ ? 1 : last_line_length_ + 1;
+      return Status::error(strf("%s:%zu:%zu: file ends after %zu rows but the header declares %zu",
+                                name_.c_str(), line, col, data_.rows, declared_rows_));
+    }
     *out = std::move(data_);
     return Status();
   }
@@ -731,13 +757,14 @@ class XcParser {
   Status parse_header(const char* p, const char* end) {
     line_start_ = p;
     uint64_t vals[3];
+    const char* field_start[3];
     const char* names[3] = {"row count", "feature count", "label count"};
     const char* q = p;
     for (int i = 0; i < 3; ++i) {
       while (q < end && (*q == ' ' || *q == '\t')) ++q;
       if (q == end) return fail(q, strf("header has %d field%s; expected \"rows features labels\"", i, i == 1 ? "" : "s"));
       bool overflow;
-      const char* tok = q;
+      const char* tok = field_start[i] = q;
       if (!read_uint(q, end, uint64_t(1) << 40, &vals[i], &overflow))
         return fail(tok, strf("header %s is not a non-negative integer", names[i]));
       if (overflow) return fail(tok, strf("header %s is too large", names[i]));
@@ -745,8 +772,8 @@ class XcParser {
     }
     while (q < end && (*q == ' ' || *q == '\t')) ++q;
     if (q != end) return fail(q, "header has more than 3 fields; expected \"rows features labels\"");
-    if (vals[1] == 0 || vals[1] > 0xFFFFFFFFull) return fail(p, strf("header feature count %llu must be in [1, 2^32)", (unsigned long long)vals[1]));
-    if (vals[2] == 0 || vals[2] > 0xFFFFFFFFull) return fail(p, strf("header label count %llu must be in [1, 2^32)", (unsigned long long)vals[2]));
+    if (vals[1] == 0 || vals[1] > 0xFFFFFFFFull) return fail(field_start[1], strf("header feature count %llu must be in [1, 2^32)", (unsigned long long)vals[1]));
+    if (vals[2] == 0 || vals[2] > 0xFFFFFFFFull) return fail(field_start[2], strf("header label count %llu must be in [1, 2^32)", (unsigned long long)vals[2]));
     // Every row takes at least 2 bytes (" \n"), so the file size bounds the row count; checked
     // before anything is sized from the header.
     if (vals[0] > total_bytes_ / 2 + 1)
@@ -764,17 +791,25 @@ class XcParser {
     return Status();
   }
 
+  // A character or a token as it can be shown in a message: non-printable bytes as \xNN,
+  // long tokens cut at 40 characters.
   static std::string printable(char c) {
     unsigned char u = static_cast<unsigned char>(c);
     if (u >= 32 && u < 127) return std::string(1, c);
     return strf("\\x%02x", u);
   }
+  static std::string printable(const char* b, const char* e) {
+    std::string out;
+    for (const char* c = b; c < e && c < b + 40; ++c) out += printable(*c);
+    if (e - b > 40) out += "...";
+    return out;
+  }
 
   Status parse_row(const char* p, const char* end) {
     line_start_ = p;
+    if (p == end) return fail(p, "empty line; a row without labels or features is a single space");
     if (data_.rows == declared_rows_)
       return fail(p, strf("more rows than the %zu the header declares", declared_rows_));
-    if (p == end) return fail(p, "empty line; a row without labels or features is a single space");
     const char* q = p;
     // Labels: comma-separated ids up to the first blank.
     if (*q != ' ' && *q != '\t') {
@@ -788,7 +823,7 @@ class XcParser {
           return fail(q, strf("unexpected character '%s' in label list", printable(*q).c_str()));
         }
         if (overflow || v >= data_.labels)
-          return fail(tok, strf("label id %s out of range [0, %zu)", std::string(tok, q).c_str(), data_.labels));
+          return fail(tok, strf("label id %s out of range [0, %zu)", printable(tok, q).c_str(), data_.labels));
         if (q < end && *q == ':') return fail(tok, "a feature 'id:value' where a label id was expected (a row without labels starts with a space)");
         data_.label_ids.push_back(uint32_t(v));
         if (q == end || *q == ' ' || *q == '\t') break;
@@ -808,7 +843,7 @@ class XcParser {
         return fail(q, strf("unexpected character '%s'; expected a feature 'id:value'", printable(*q).c_str()));
       }
       if (overflow || id >= data_.features)
-        return fail(tok, strf("feature id %s out of range [0, %zu)", std::string(tok, q).c_str(), data_.features));
+        return fail(tok, strf("feature id %s out of range [0, %zu)", printable(tok, q).c_str(), data_.features));
       if (q == end || *q != ':') return fail(q, strf("expected ':' after feature id %llu", (unsigned long long)id));
       ++q;
       const char* vstart = q;
@@ -818,15 +853,17 @@ class XcParser {
       float value;
       const char* num = vstart;
       if (*num == '+') ++num;  // from_chars rejects a leading '+'
+      if (num < vend && (*num == '+' || *num == '-') && num != vstart)
+        return fail(vstart, strf("malformed value '%s' for feature %llu", printable(vstart, vend).c_str(), (unsigned long long)id));
       auto res = std::from_chars(num, vend, value);
       if (res.ec == std::errc::result_out_of_range)
-        return fail(vstart, strf("value '%s' of feature %llu is out of float range", std::string(vstart, vend).c_str(), (unsigned long long)id));
+        return fail(vstart, strf("value '%s' of feature %llu is out of float range", printable(vstart, vend).c_str(), (unsigned long long)id));
       if (res.ec != std::errc() || res.ptr != vend) {
         const char* bad = res.ec != std::errc() ? vstart : res.ptr;
-        return fail(bad, strf("malformed value '%s' for feature %llu", std::string(vstart, vend).c_str(), (unsigned long long)id));
+        return fail(bad, strf("malformed value '%s' for feature %llu", printable(vstart, vend).c_str(), (unsigned long long)id));
       }
       if (!std::isfinite(value))
-        return fail(vstart, strf("value '%s' of feature %llu is not finite", std::string(vstart, vend).c_str(), (unsigned long long)id));
+        return fail(vstart, strf("value '%s' of feature %llu is not finite", printable(vstart, vend).c_str(), (unsigned long long)id));
       data_.feature_ids.push_back(uint32_t(id));
       data_.feature_values.push_back(value);
       q = vend;
@@ -845,6 +882,8 @@ class XcParser {
   size_t line_ = 0;
   const char* line_start_ = nullptr;
   bool header_done_ = false;
+  bool last_line_terminated_ = true;
+  size_t last_line_length_ = 0;
 };
 
 std::string base_name(const std::string& path) {
@@ -1544,7 +1583,7 @@ struct Model::Impl {
   // Per-worker scratch.
   struct Worker {
     QueryResult qr;
-    std::vector<float> hash_scratch, grad, dq, block_t, block_g;
+    std::vector<float> hash_scratch, grad, dq, block_g, eval_scores, eval_queries;
   };
   std::vector<Worker> workers;
 
@@ -1671,11 +1710,8 @@ struct Model::Impl {
       // dQ += dZ[:, block] W2[block] (before the block's rows are updated).
       k->gemm_nn_acc(B, ld, m, logits.data() + j0, N, W2.data() + j0 * ld, ld, w.dq.data(), ld);
       // gW[block] = dZ[:, block]^T Q.
-      w.block_t.resize(m * B);
-      for (size_t e = 0; e < B; ++e)
-        for (size_t j = 0; j < m; ++j) w.block_t[j * B + e] = logits[e * N + j0 + j];
       w.block_g.assign(m * ld, 0.0f);
-      k->gemm_nn_acc(m, ld, B, w.block_t.data(), B, queries.data(), ld, w.block_g.data(), ld);
+      k->gemm_tn_acc(m, ld, B, logits.data() + j0, N, queries.data(), ld, w.block_g.data(), ld);
       for (size_t j = 0; j < m; ++j) {
         size_t r = (j0 + j) * ld;
         k->adam(W2.data() + r, w.block_g.data() + j * ld, W2_m.data() + r, W2_v.data() + r, ld, st);
@@ -2037,12 +2073,16 @@ Status Model::evaluate(const Dataset& data, InferMode mode, Metrics* out) const 
   auto& self = const_cast<Impl&>(m);  // per-worker scratch only; weights are not touched
   self.pool->run(tasks, [&](size_t t, uint32_t wi) {
     size_t r0 = t * chunk, r1 = std::min(data.rows, r0 + chunk), n = r1 - r0;
-    std::vector<float> h(m.H), q(n * m.ld), scores;
+    Impl::Worker& w = self.workers[wi];
+    std::vector<float>& q = w.eval_queries;
+    std::vector<float>& scores = w.eval_scores;
+    std::vector<float> h(m.H);
+    q.resize(n * m.ld);
     for (size_t r = r0; r < r1; ++r) m.hidden_one(data.row(r), h.data(), &q[(r - r0) * m.ld]);
     TopK top(5);
     if (mode == InferMode::full) {
       // One GEMM per chunk streams W2 once for `chunk` examples.
-      scores.resize(n * m.N);
+      if (scores.size() < n * m.N) scores.resize(n * m.N);
       m.k->gemm_nt(n, m.N, m.ld, q.data(), m.ld, m.W2.data(), m.ld, scores.data(), m.N);
       for (size_t i = 0; i < n; ++i) {
         top.items.clear();
@@ -2054,7 +2094,7 @@ Status Model::evaluate(const Dataset& data, InferMode mode, Metrics* out) const 
     } else {
       for (size_t i = 0; i < n; ++i) {
         size_t c = 0;
-        m.predict_one(&q[i * m.ld], 5, mode, self.workers[wi], scores, top, &c);
+        m.predict_one(&q[i * m.ld], 5, mode, w, scores, top, &c);
         accumulate_precision(top.items, data.row(r0 + i), &hits[t * 3]);
         candidates[t] += double(c);
       }
@@ -2102,6 +2142,19 @@ Status Model::predict(const uint32_t* ids, const float* values, size_t nnz, size
   m.predict_one(q.data(), topk, mode, w, scores, top, &c);
   *out = top.items;
   return Status();
+}
+
+Model::Weights Model::weights() const {
+  Weights w;
+  if (!impl_) return w;
+  w.W1 = impl_->W1.data();
+  w.b1 = impl_->b1.data();
+  w.W2 = impl_->W2.data();
+  w.features = impl_->D;
+  w.hidden = impl_->H;
+  w.labels = impl_->N;
+  w.output_stride = impl_->ld;
+  return w;
 }
 
 size_t Model::parameter_bytes() const {

@@ -125,6 +125,10 @@ struct Kernels {
   // C[i][0..N) += sum_k A[i][k] * B[k][0..N) for i < M (C += A B): batched back-propagation.
   void (*gemm_nn_acc)(size_t M, size_t N, size_t K, const float* A, size_t lda, const float* B,
                       size_t ldb, float* C, size_t ldc);
+  // C[i][0..N) += sum_k A[k][i] * B[k][0..N) for i < M (C += A^T B; A is K x M, row-major):
+  // weight gradients without transposing the upstream gradient.
+  void (*gemm_tn_acc)(size_t M, size_t N, size_t K, const float* A, size_t lda, const float* B,
+                      size_t ldb, float* C, size_t ldc);
 };
 
 // The kernels for the requested level (see Simd). The table is static and lives forever.
@@ -464,6 +468,17 @@ class Model {
 
   const TrainStats& stats() const;
   size_t parameter_bytes() const;  // weights + optimizer state + index
+
+  // Read-only view of the weights, valid until the next call that trains or loads. W1 is
+  // features x hidden (row f = feature f's input weights), b1 has hidden entries; output neuron j
+  // is the row W2 + j * output_stride = [w_j (hidden), b_j, zeros up to output_stride].
+  struct Weights {
+    const float* W1 = nullptr;
+    const float* b1 = nullptr;
+    const float* W2 = nullptr;
+    size_t features = 0, hidden = 0, labels = 0, output_stride = 0;
+  };
+  Weights weights() const;
 
   struct Impl;
 

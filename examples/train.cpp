@@ -26,7 +26,7 @@ struct Options {
   std::string train, test, log;
   int epochs = 5;
   double time_limit = 0;  // seconds of training; 0 = none
-  bool normalize = true;
+  bool normalize = false;
   std::string infer = "full";
   bool eval_every_epoch = true;
   mongoose::Config cfg;
@@ -43,7 +43,7 @@ void usage(FILE* out) {
                "  --seed S            random seed (42)\n"
                "  --time-limit SEC    stop training after this many seconds (none)\n"
                "  --log FILE          CSV per epoch: epoch,seconds,loss,p@1,p@3,p@5\n"
-               "  --normalize on|off  scale each input row to unit L2 norm (on)\n"
+               "  --normalize on|off  scale each input row to unit L2 norm (off)\n"
                "  --eval-every-epoch on|off  evaluate after each epoch (on; the last epoch always)\n"
                "  --output full|lsh   output layer (full)\n"
                "  --hash simhash|dwta hash family for lsh (simhash)\n"
@@ -234,11 +234,11 @@ int main(int argc, char** argv) {
     std::snprintf(buf, sizeof buf, " active_mean=%.1f rehashes=%llu rehash_seconds=%.3f", s.active_mean(),
                   (unsigned long long)s.rehashes, s.rehash_seconds);
     line += buf;
-    std::snprintf(buf, sizeof buf,
-                  " split_hidden=%.3f split_hash=%.3f split_query=%.3f split_fwdbwd=%.3f split_update=%.3f",
-                  s.hidden_seconds, s.hash_seconds, s.query_seconds, s.forward_backward_seconds, s.update_seconds);
-    line += buf;
   }
+  std::snprintf(buf, sizeof buf,
+                " split_hidden=%.3f split_hash=%.3f split_query=%.3f split_fwdbwd=%.3f split_update=%.3f",
+                s.hidden_seconds, s.hash_seconds, s.query_seconds, s.forward_backward_seconds, s.update_seconds);
+  line += buf;
   if (o.infer == "lsh") {
     mongoose::Metrics full_m = m, lsh_m;
     st = model.evaluate(test, mongoose::InferMode::lsh, &lsh_m);

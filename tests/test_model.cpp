@@ -1,0 +1,385 @@
+// Model tests: training steps against a double-precision reference of the whole network,
+// lsh == full when every neuron is active, determinism, learning on synthetic data, and errors.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../mongoose.h"
+#include "common.h"
+
+using namespace mongoose;
+
+namespace {
+
+// A tiny dataset with a few labels per row.
+Dataset tiny_dataset(size_t rows, size_t features, size_t labels, uint64_t seed) {
+  Dataset d;
+  d.features = features;
+  d.labels = labels;
+  Rng rng(seed);
+  for (size_t r = 0; r < rows; ++r) {
+    std::vector<uint32_t> ids, lab;
+    std::vector<float> vals;
+    for (uint32_t f = 0; f < features; ++f)
+      if (rng.uniform() < 0.4f) {
+        ids.push_back(f);
+        vals.push_back(0.5f + 2.0f * rng.uniform());
+      }
+    size_t nl = 1 + rng.below(3);
+    while (lab.size() < nl) {
+      uint32_t l = rng.below(uint32_t(labels));
+      if (std::find(lab.begin(), lab.end(), l) == lab.end()) lab.push_back(l);
+    }
+    REQUIRE(d.add_row(ids.data(), vals.data(), ids.size(), lab.data(), lab.size()).ok());
+  }
+  return d;
+}
+
+// The network in double precision, trained the way the header documents it.
+struct Reference {
+  size_t D, H, N, ld;
+  std::vector<double> W1, b1, W2;  // W2 rows of ld: [w, b, 0...]
+  std::vector<double> mW1, vW1, mb1, vb1, mW2, vW2;
+  double lr, beta1, beta2, eps;
+  uint64_t t = 0;
+
+  explicit Reference(const Model& m) {
+    Model::Weights w = m.weights();
+    D = w.features;
+    H = w.hidden;
+    N = w.labels;
+    ld = w.output_stride;
+    W1.assign(w.W1, w.W1 + D * H);
+    b1.assign(w.b1, w.b1 + H);
+    W2.assign(w.W2, w.W2 + N * ld);
+    mW1.assign(W1.size(), 0);
+    vW1.assign(W1.size(), 0);
+    mb1.assign(H, 0);
+    vb1.assign(H, 0);
+    mW2.assign(W2.size(), 0);
+    vW2.assign(W2.size(), 0);
+    const Config& c = m.config();
+    lr = c.learning_rate;
+    beta1 = c.beta1;
+    beta2 = c.beta2;
+    eps = c.adam_eps;
+  }
+
+  void adam(double* w, const double* g, double* m, double* v, size_t n) const {
+    double c1 = 1.0 / (1.0 - std::pow(beta1, double(t))), c2 = 1.0 / (1.0 - std::pow(beta2, double(t)));
+    for (size_t i = 0; i < n; ++i) {
+      m[i] = beta1 * m[i] + (1 - beta1) * g[i];
+      v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i];
+      w[i] -= lr * (m[i] * c1) / (std::sqrt(v[i] * c2) + eps);
+    }
+  }
+
+  // One batch: mean softmax cross-entropy with target 1/|y| on each label.
+  double step(const Dataset& d, const std::vector<uint32_t>& rows) {
+    ++t;
+    size_t B = rows.size();
+    std::vector<double> h(B * H), dh(B * H, 0), gW2(N * ld, 0);
+    double loss = 0;
+    for (size_t e = 0; e < B; ++e) {
+      Dataset::Row r = d.row(rows[e]);
+      for (size_t i = 0; i < H; ++i) {
+        double s = b1[i];
+        for (size_t k = 0; k < r.nnz; ++k) s += double(r.values[k]) * W1[r.ids[k] * H + i];
+        h[e * H + i] = s > 0 ? s : 0;
+      }
+      std::vector<double> z(N);
+      double mx = -1e300;
+      for (size_t j = 0; j < N; ++j) {
+        double s = W2[j * ld + H];
+        for (size_t i = 0; i < H; ++i) s += W2[j * ld + i] * h[e * H + i];
+        z[j] = s;
+        mx = std::max(mx, s);
+      }
+      double sum = 0;
+      for (double x : z) sum += std::exp(x - mx);
+      double lse = mx + std::log(sum);
+      double tl = 1.0 / double(r.num_labels);
+      std::vector<double> dz(N);
+      for (size_t j = 0; j < N; ++j) dz[j] = std::exp(z[j] - lse);
+      for (size_t k = 0; k < r.num_labels; ++k) {
+        dz[r.labels[k]] -= tl;
+        loss += tl * (lse - z[r.labels[k]]);
+      }
+      for (size_t j = 0; j < N; ++j) {
+        double g = dz[j] / double(B);
+        for (size_t i = 0; i < H; ++i) {
+          gW2[j * ld + i] += g * h[e * H + i];
+          dh[e * H + i] += g * W2[j * ld + i];
+        }
+        gW2[j * ld + H] += g;
+      }
+    }
+    for (size_t j = 0; j < N; ++j) adam(&W2[j * ld], &gW2[j * ld], &mW2[j * ld], &vW2[j * ld], ld);
+    // Input layer: only rows of features present in the batch.
+    std::vector<double> gW1(D * H, 0), gb1(H, 0);
+    std::vector<bool> touched(D, false);
+    for (size_t e = 0; e < B; ++e) {
+      Dataset::Row r = d.row(rows[e]);
+      for (size_t i = 0; i < H; ++i) {
+        double g = h[e * H + i] > 0 ? dh[e * H + i] : 0;
+        gb1[i] += g;
+        for (size_t k = 0; k < r.nnz; ++k) gW1[r.ids[k] * H + i] += double(r.values[k]) * g;
+      }
+      for (size_t k = 0; k < r.nnz; ++k) touched[r.ids[k]] = true;
+    }
+    for (size_t f = 0; f < D; ++f)
+      if (touched[f]) adam(&W1[f * H], &gW1[f * H], &mW1[f * H], &vW1[f * H], H);
+    adam(b1.data(), gb1.data(), mb1.data(), vb1.data(), H);
+    return loss / double(B);
+  }
+};
+
+double max_abs_diff(const float* a, const std::vector<double>& b) {
+  double m = 0;
+  for (size_t i = 0; i < b.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - b[i]));
+  return m;
+}
+
+Config small_config(OutputMode mode, Simd simd) {
+  Config c;
+  c.hidden = 9;  // not a multiple of 8: exercises the tails
+  c.output = mode;
+  c.learning_rate = 0.01f;
+  c.adam_eps = 1e-3f;  // keeps Adam away from the 0/0 regime where float and double disagree
+  c.threads = 1;
+  c.seed = 5;
+  c.simd = simd;
+  c.K = 3;
+  c.L = 4;
+  c.min_active = 1000;  // >= labels: every neuron is active in lsh mode
+  return c;
+}
+
+bool same_weights(const Model& a, const Model& b) {
+  Model::Weights x = a.weights(), y = b.weights();
+  return std::memcmp(x.W1, y.W1, x.features * x.hidden * 4) == 0 && std::memcmp(x.b1, y.b1, x.hidden * 4) == 0 &&
+         std::memcmp(x.W2, y.W2, x.labels * x.output_stride * 4) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("model: three full-softmax steps equal a double-precision reference") {
+  Dataset d = tiny_dataset(24, 13, 11, 3);
+  for (Simd simd : {Simd::scalar, Simd::avx2}) {
+    for (uint32_t threads : {1u, 2u}) {
+      CAPTURE(int(simd));
+      CAPTURE(threads);
+      Config c = small_config(OutputMode::full, simd);
+      c.threads = threads;
+      Model m;
+      REQUIRE(m.init(c, d.features, d.labels).ok());
+      Reference ref(m);
+      for (int s = 0; s < 3; ++s) {
+        std::vector<uint32_t> rows;
+        for (uint32_t r = 0; r < 8; ++r) rows.push_back(uint32_t(s * 8) + r);
+        float loss = 0;
+        REQUIRE(m.train_batch(d, rows.data(), rows.size(), &loss).ok());
+        double ref_loss = ref.step(d, rows);
+        CHECK(loss == doctest::Approx(ref_loss).epsilon(1e-5));
+      }
+      Model::Weights w = m.weights();
+      CHECK(max_abs_diff(w.W1, ref.W1) < 2e-5);
+      CHECK(max_abs_diff(w.b1, ref.b1) < 2e-5);
+      CHECK(max_abs_diff(w.W2, ref.W2) < 2e-5);
+      // The padding after each output row's bias stays zero.
+      for (size_t j = 0; j < w.labels; ++j)
+        for (size_t i = w.hidden + 1; i < w.output_stride; ++i) CHECK(w.W2[j * w.output_stride + i] == 0.0f);
+    }
+  }
+}
+
+TEST_CASE("model: lsh with every neuron active trains like the full softmax") {
+  Dataset d = tiny_dataset(24, 13, 11, 4);
+  Config c = small_config(OutputMode::lsh, Simd::automatic);
+  c.rehash_every = 1;  // re-hashing must not change what is learned when all neurons are active
+  Model m;
+  REQUIRE(m.init(c, d.features, d.labels).ok());
+  Reference ref(m);
+  for (int s = 0; s < 3; ++s) {
+    std::vector<uint32_t> rows;
+    for (uint32_t r = 0; r < 8; ++r) rows.push_back(uint32_t(s * 8) + r);
+    REQUIRE(m.train_batch(d, rows.data(), rows.size()).ok());
+    ref.step(d, rows);
+  }
+  Model::Weights w = m.weights();
+  CHECK(max_abs_diff(w.W1, ref.W1) < 2e-5);
+  CHECK(max_abs_diff(w.W2, ref.W2) < 2e-5);
+  CHECK(m.stats().rehashes == 3);
+  CHECK(m.stats().active_mean() == doctest::Approx(double(d.labels)));
+}
+
+TEST_CASE("model: training is deterministic for a fixed seed and thread count") {
+  SyntheticConfig sc;
+  sc.train_rows = 600;
+  sc.test_rows = 10;
+  sc.features = 300;
+  sc.labels = 200;
+  Dataset train, test;
+  REQUIRE(make_synthetic(sc, &train, &test).ok());
+  for (OutputMode mode : {OutputMode::full, OutputMode::lsh}) {
+    for (uint32_t threads : {1u, 2u}) {
+      CAPTURE(int(mode));
+      CAPTURE(threads);
+      Config c;
+      c.hidden = 16;
+      c.output = mode;
+      c.threads = threads;
+      c.batch_size = 64;
+      c.min_active = 20;
+      c.K = 4;
+      c.L = 8;
+      c.rehash_every = 3;
+      Model a, b;
+      REQUIRE(a.init(c, train.features, train.labels).ok());
+      REQUIRE(b.init(c, train.features, train.labels).ok());
+      REQUIRE(a.train_epoch(train).ok());
+      REQUIRE(b.train_epoch(train).ok());
+      CHECK(same_weights(a, b));
+    }
+  }
+}
+
+TEST_CASE("model: full and lsh learn synthetic data") {
+  SyntheticConfig sc;
+  sc.train_rows = 6000;
+  sc.test_rows = 1000;
+  sc.features = 2000;
+  sc.labels = 1000;
+  Dataset train, test;
+  REQUIRE(make_synthetic(sc, &train, &test).ok());
+  double p1[2] = {0, 0};
+  for (OutputMode mode : {OutputMode::full, OutputMode::lsh}) {
+    Config c;
+    c.output = mode;
+    c.hidden = 64;
+    c.threads = 2;
+    c.K = 5;
+    c.L = 16;
+    c.min_active = 100;
+    Model m;
+    REQUIRE(m.init(c, train.features, train.labels).ok());
+    for (int e = 0; e < 3; ++e) REQUIRE(m.train_epoch(train).ok());
+    Metrics full;
+    REQUIRE(m.evaluate(test, InferMode::full, &full).ok());
+    CHECK(full.rows == test.rows);
+    CHECK(full.p_at_1 >= full.p_at_3 - 0.2);
+    p1[mode == OutputMode::lsh] = full.p_at_1;
+    if (mode == OutputMode::lsh) {
+      Metrics fast;
+      REQUIRE(m.evaluate(test, InferMode::lsh, &fast).ok());
+      CHECK(fast.mean_candidates < double(train.labels));
+      CHECK(fast.p_at_1 > 0.8 * full.p_at_1);
+      CHECK(m.stats().rehashes > 0);
+    }
+  }
+  MESSAGE("synthetic P@1: full " << p1[0] << ", lsh " << p1[1]);
+  CHECK(p1[0] > 0.6);
+  CHECK(p1[1] > 0.9 * p1[0]);
+}
+
+TEST_CASE("model: predict returns the exact top-k scores") {
+  Dataset d = tiny_dataset(16, 13, 11, 6);
+  Config c = small_config(OutputMode::full, Simd::automatic);
+  Model m;
+  REQUIRE(m.init(c, d.features, d.labels).ok());
+  std::vector<uint32_t> rows(16);
+  for (uint32_t i = 0; i < 16; ++i) rows[i] = i;
+  REQUIRE(m.train_batch(d, rows.data(), rows.size()).ok());
+  Dataset::Row r = d.row(3);
+  std::vector<Scored> top;
+  REQUIRE(m.predict(r.ids, r.values, r.nnz, 4, InferMode::full, &top).ok());
+  REQUIRE(top.size() == 4);
+  // Brute force from the weights.
+  Model::Weights w = m.weights();
+  std::vector<double> h(w.hidden);
+  for (size_t i = 0; i < w.hidden; ++i) {
+    double s = w.b1[i];
+    for (size_t k = 0; k < r.nnz; ++k) s += double(r.values[k]) * w.W1[r.ids[k] * w.hidden + i];
+    h[i] = s > 0 ? s : 0;
+  }
+  std::vector<std::pair<double, uint32_t>> all;
+  for (uint32_t j = 0; j < w.labels; ++j) {
+    const float* row = w.W2 + j * w.output_stride;
+    double s = row[w.hidden];
+    for (size_t i = 0; i < w.hidden; ++i) s += double(row[i]) * h[i];
+    all.push_back({s, j});
+  }
+  std::sort(all.begin(), all.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  for (size_t i = 0; i < 4; ++i) {
+    CHECK(top[i].label == all[i].second);
+    CHECK(top[i].score == doctest::Approx(all[i].first).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("model: bad configurations and calls give clear errors") {
+  Config c;
+  c.hidden = 0;
+  CHECK(validate(c).message() == "Config.hidden = 0 out of range [1, 65536]");
+  c = Config();
+  c.learning_rate = 0;
+  CHECK(validate(c).message() == "Config.learning_rate = 0 out of range (0, 1]");
+  c = Config();
+  c.learning_rate = std::nanf("");
+  CHECK(validate(c).message().find("Config.learning_rate") == 0);
+  c = Config();
+  c.output = OutputMode::lsh;
+  c.K = 25;
+  CHECK(validate(c).message() == "Config: hash K = 25 out of range [1, 24]");
+  c.K = 6;
+  c.max_active = 10;
+  c.min_active = 100;
+  CHECK(validate(c).message() == "Config.max_active = 10 is below min_active = 100 (0 means no cap)");
+  c = Config();
+  c.output = OutputMode::lsh;
+  c.bucket_capacity = 0;
+  CHECK(validate(c).message() == "Config.bucket_capacity = 0 out of range [1, 65535]");
+
+  Model m;
+  Dataset d = tiny_dataset(8, 13, 11, 7);
+  CHECK(m.train_epoch(d).message() == "Model::train_epoch: the model is not initialized (call init)");
+  CHECK(m.init(Config(), 0, 5).message() == "Model::init: features = 0 out of range [1, 2^32)");
+  REQUIRE(m.init(small_config(OutputMode::full, Simd::automatic), 13, 11).ok());
+  Metrics out;
+  CHECK(m.evaluate(d, InferMode::lsh, &out).message() ==
+        "Model::evaluate: InferMode::lsh needs a model trained with OutputMode::lsh");
+  Dataset wider = tiny_dataset(4, 20, 11, 8);
+  CHECK(m.train_epoch(wider).message() == "Model::train_epoch: the dataset has 20 features but the model takes 13");
+  uint32_t bad_row = 99;
+  CHECK(m.train_batch(d, &bad_row, 1).message() == "Model::train_batch: row 99 out of range [0, 8)");
+  uint32_t id = 13;
+  float v = 1;
+  std::vector<Scored> top;
+  CHECK(m.predict(&id, &v, 1, 3, InferMode::full, &top).message() ==
+        "Model::predict: feature id 13 (position 0) out of range [0, 13)");
+  id = 2;
+  v = std::nanf("");
+  CHECK(m.predict(&id, &v, 1, 3, InferMode::full, &top).message() == "Model::predict: value at position 0 is not finite");
+}
+
+TEST_CASE("model: training on real data (bibtex) if present") {
+  std::string dir = shared_data_dir();
+  if (dir.empty()) {
+    MESSAGE("skipped: ../shared/data not found");
+    return;
+  }
+  Dataset train, test;
+  REQUIRE(read_xc(dir + "/bibtex/bibtex_train.txt", &train).ok());
+  REQUIRE(read_xc(dir + "/bibtex/bibtex_test.txt", &test).ok());
+  Config c;
+  c.threads = 2;
+  Model m;
+  REQUIRE(m.init(c, train.features, train.labels).ok());
+  for (int e = 0; e < 5; ++e) REQUIRE(m.train_epoch(train).ok());
+  Metrics r;
+  REQUIRE(m.evaluate(test, InferMode::full, &r).ok());
+  MESSAGE("bibtex full softmax, 5 epochs: P@1 " << r.p_at_1 << " P@5 " << r.p_at_5);
+  CHECK(r.p_at_1 > 0.5);  // published one-hidden-layer results on bibtex are around 0.6
+}
