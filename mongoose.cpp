@@ -218,13 +218,34 @@ inline void add_k(const float* x, float* y, size_t n) {
   for (; i < n; ++i) y[i] += x[i];
 }
 
+// Gathered rows are usually not in cache: ask for the row a few positions ahead.
+inline void prefetch_row(const float* row, size_t n) {
+#if defined(__GNUC__) || defined(__clang__)
+  for (size_t i = 0; i < n; i += 16) __builtin_prefetch(row + i);
+#else
+  (void)row;
+  (void)n;
+#endif
+}
+constexpr size_t kPrefetchAhead = 4;
+
 template <class O>
 inline void row_scores_k(const float* W, size_t ld, const uint32_t* rows, size_t count,
                          const float* x, size_t n, const float* bias, float* out) {
   for (size_t i = 0; i < count; ++i) {
     size_t r = rows ? rows[i] : i;
+    if (rows && i + kPrefetchAhead < count) prefetch_row(W + size_t(rows[i + kPrefetchAhead]) * ld, n);
     float s = dot_k<O>(W + r * ld, x, n);
     out[i] = bias ? s + bias[r] : s;
+  }
+}
+
+template <class O>
+inline void rows_axpy_k(const float* W, size_t ld, const uint32_t* rows, size_t count, const float* coef,
+                        size_t n, float* out) {
+  for (size_t i = 0; i < count; ++i) {
+    if (i + kPrefetchAhead < count) prefetch_row(W + size_t(rows[i + kPrefetchAhead]) * ld, n);
+    axpy_k<O>(coef[i], W + size_t(rows[i]) * ld, out, n);
   }
 }
 
@@ -436,6 +457,10 @@ inline void gemm_acc_k(size_t M, size_t N, size_t K, const float* A, size_t lda,
                                 const float* x, size_t n, const float* bias, float* out) {          \
     row_scores_k<OPS>(W, ld, rows, count, x, n, bias, out);                                         \
   }                                                                                                 \
+  ATTR void rows_axpy_##SUFFIX(const float* W, size_t ld, const uint32_t* rows, size_t count,       \
+                               const float* coef, size_t n, float* out) {                           \
+    rows_axpy_k<OPS>(W, ld, rows, count, coef, n, out);                                             \
+  }                                                                                                 \
   ATTR void sparse_matvec_##SUFFIX(const uint32_t* ids, const float* values, size_t nnz,            \
                                    const float* W, size_t ld, size_t n, float* out) {               \
     sparse_matvec_k<OPS>(ids, values, nnz, W, ld, n, out);                                          \
@@ -461,7 +486,8 @@ inline void gemm_acc_k(size_t M, size_t N, size_t K, const float* A, size_t lda,
   }                                                                                                 \
   const Kernels kernels_##SUFFIX = {                                                                \
       Simd::SUFFIX,       #SUFFIX,          dot_##SUFFIX,     axpy_##SUFFIX,                        \
-      scale_##SUFFIX,     add_##SUFFIX,     row_scores_##SUFFIX, sparse_matvec_##SUFFIX,            \
+      scale_##SUFFIX,     add_##SUFFIX,     row_scores_##SUFFIX, rows_axpy_##SUFFIX,                \
+      sparse_matvec_##SUFFIX,                                                                       \
       relu_##SUFFIX,      relu_backward_##SUFFIX, logsumexp_##SUFFIX, softmax_##SUFFIX,             \
       adam_##SUFFIX,      gemm_nt_##SUFFIX, gemm_nn_acc_##SUFFIX, gemm_tn_acc_##SUFFIX};
 
@@ -1134,15 +1160,22 @@ void pack_signs(const float* scores, uint32_t K, uint32_t L, uint32_t* codes) {
 }
 }  // namespace
 
-// Densification: an empty bin borrows the winner of the first non-empty bin on a deterministic
-// pseudo-random probe sequence; after a bounded number of probes it scans linearly, so it always
-// terminates, and an all-empty input gives code 0 everywhere.
+// Densification: an empty bin borrows the winner of the first non-empty bin on its own
+// pseudo-random probe sequence (at most 32 probes, then the next non-empty bin), so the cost is
+// O(bins) and every code is in range; an all-empty input gives code 0 everywhere.
 void Hasher::dwta_codes(const float* bin_max, const uint32_t* bin_winner, uint32_t* codes) const {
   const uint32_t bins = bins_per_table_ * config_.L;
   const float empty = -std::numeric_limits<float>::infinity();
-  bool any = false;
-  for (uint32_t i = 0; i < bins && !any; ++i) any = bin_max[i] != empty;
-  const uint32_t mask = config_.K >= 32 ? 0xFFFFFFFFu : (1u << config_.K) - 1u;
+  // next_filled[i]: the first non-empty bin at or after i, circularly (bins when none is).
+  std::vector<uint32_t> next_filled(bins);
+  uint32_t next = bins;
+  for (uint32_t pass = 0; pass < 2; ++pass)
+    for (uint32_t i = bins; i-- > 0;) {
+      if (bin_max[i] != empty) next = i;
+      next_filled[i] = next;
+    }
+  const uint32_t mask = (1u << config_.K) - 1u;
+  const uint32_t bin_mask = (1u << config_.bin_bits) - 1u;
   for (uint32_t t = 0; t < config_.L; ++t) {
     uint32_t code = 0;
     for (uint32_t j = 0; j < bins_per_table_; ++j) {
@@ -1150,18 +1183,17 @@ void Hasher::dwta_codes(const float* bin_max, const uint32_t* bin_winner, uint32
       uint32_t w = 0;
       if (bin_max[bin] != empty) {
         w = bin_winner[bin];
-      } else if (any) {
-        uint32_t donor = bins;
-        for (uint32_t attempt = 1; attempt <= 64 && donor == bins; ++attempt) {
-          uint32_t probe = uint32_t(mix_seed(bin, attempt) % bins);
+      } else if (next != bins) {
+        // A fixed pseudo-random probe sequence per bin, so similar inputs borrow from the same
+        // donors; after 32 misses, the next non-empty bin after the last probe.
+        uint32_t donor = bins, probe = bin;
+        for (uint32_t attempt = 1; attempt <= 32 && donor == bins; ++attempt) {
+          probe = uint32_t(mix_seed(config_.seed, bin, attempt) % bins);
           if (bin_max[probe] != empty) donor = probe;
         }
-        for (uint32_t k = 1; donor == bins; ++k) {
-          uint32_t probe = (bin + k) % bins;
-          if (bin_max[probe] != empty) donor = probe;
-        }
-        // Mixing in the attempt-independent bin index keeps borrowed codes table-specific.
-        w = (bin_winner[donor] + bin) & ((1u << config_.bin_bits) - 1u);
+        if (donor == bins) donor = next_filled[probe];
+        // Mixing in the bin index keeps borrowed codes table-specific.
+        w = (bin_winner[donor] + bin) & bin_mask;
       }
       code |= w << (j * config_.bin_bits);
     }
@@ -1258,7 +1290,6 @@ Status HashTables::init(const TableConfig& config) {
   Status st = validate(config);
   if (!st.ok()) return st;
   config_ = config;
-  page_bits_ = std::min<uint32_t>(config.K, 10);
   tables_.clear();
   tables_.resize(config.L);
   clear();
@@ -1268,21 +1299,48 @@ Status HashTables::init(const TableConfig& config) {
 void HashTables::clear() {
   for (uint32_t t = 0; t < tables_.size(); ++t) {
     Table& tb = tables_[t];
-    tb.pages.clear();
-    tb.pages.resize(size_t(1) << (config_.K - page_bits_));
+    std::vector<Bucket>().swap(tb.buckets);
+    std::vector<uint32_t>().swap(tb.index);
     tb.rng_state = mix_seed(config_.seed, t, 0x7AB1Eu);
   }
 }
 
-HashTables::Bucket* HashTables::bucket_for_insert(uint32_t table, uint32_t code) {
-  auto& page = tables_[table].pages[code >> page_bits_];
-  if (!page) page.reset(new Bucket[size_t(1) << page_bits_]);
-  return &page[code & ((1u << page_bits_) - 1u)];
-}
+namespace {
+inline size_t index_home(uint32_t code, size_t mask) { return size_t((code * 0x9E3779B1u) >> 7) & mask; }
+}  // namespace
 
 const HashTables::Bucket* HashTables::find_bucket(uint32_t table, uint32_t code) const {
-  const auto& page = tables_[table].pages[code >> page_bits_];
-  return page ? &page[code & ((1u << page_bits_) - 1u)] : nullptr;
+  const Table& tb = tables_[table];
+  if (tb.index.empty()) return nullptr;
+  const size_t mask = tb.index.size() - 1;
+  for (size_t h = index_home(code, mask);; h = (h + 1) & mask) {
+    uint32_t s = tb.index[h];
+    if (s == 0) return nullptr;
+    if (tb.buckets[s - 1].code == code) return &tb.buckets[s - 1];
+  }
+}
+
+HashTables::Bucket* HashTables::bucket_for_insert(uint32_t table, uint32_t code) {
+  if (const Bucket* b = find_bucket(table, code)) return const_cast<Bucket*>(b);
+  Table& tb = tables_[table];
+  // Keep the index at most half full; re-index on growth.
+  if ((tb.buckets.size() + 1) * 2 > tb.index.size()) {
+    std::vector<uint32_t> grown(std::max<size_t>(16, tb.index.size() * 2), 0);
+    const size_t mask = grown.size() - 1;
+    for (size_t i = 0; i < tb.buckets.size(); ++i) {
+      size_t h = index_home(tb.buckets[i].code, mask);
+      while (grown[h]) h = (h + 1) & mask;
+      grown[h] = uint32_t(i + 1);
+    }
+    tb.index.swap(grown);
+  }
+  const size_t mask = tb.index.size() - 1;
+  size_t h = index_home(code, mask);
+  while (tb.index[h]) h = (h + 1) & mask;
+  tb.buckets.emplace_back();
+  tb.buckets.back().code = code;
+  tb.index[h] = uint32_t(tb.buckets.size());
+  return &tb.buckets.back();
 }
 
 void HashTables::insert_into(uint32_t table, uint32_t id, uint32_t code) {
@@ -1303,19 +1361,18 @@ void HashTables::insert_into(uint32_t table, uint32_t id, uint32_t code) {
 }
 
 void HashTables::remove_from(uint32_t table, uint32_t id, uint32_t code) {
-  auto& page = tables_[table].pages[code >> page_bits_];
-  if (!page) return;
-  Bucket& b = page[code & ((1u << page_bits_) - 1u)];
-  auto it = std::find(b.ids.begin(), b.ids.end(), id);
-  if (it == b.ids.end()) return;
+  Bucket* b = const_cast<Bucket*>(find_bucket(table, code));
+  if (!b) return;
+  auto it = std::find(b->ids.begin(), b->ids.end(), id);
+  if (it == b->ids.end()) return;
   if (config_.policy == BucketPolicy::fifo) {
-    b.ids.erase(it);  // keep the age order
+    b->ids.erase(it);  // keep the age order
   } else {
-    *it = b.ids.back();
-    b.ids.pop_back();
+    *it = b->ids.back();
+    b->ids.pop_back();
   }
   // The removed id no longer counts as offered (so repeated updates do not freeze a bucket).
-  b.offered = std::max<uint32_t>(b.offered - 1, uint32_t(b.ids.size()));
+  b->offered = std::max<uint32_t>(b->offered - 1, uint32_t(b->ids.size()));
 }
 
 void HashTables::insert(uint32_t id, const uint32_t* codes) {
@@ -1342,25 +1399,24 @@ void HashTables::build(const uint32_t* codes, size_t n, uint32_t threads) {
   clear();
   const uint32_t L = config_.L;
   const uint32_t mask = (1u << config_.K) - 1u;
-  auto build_table = [&](uint32_t t, std::vector<uint32_t>& counts) {
-    // Count first, so each bucket is allocated once at its final size.
-    counts.assign(size_t(1) << config_.K, 0);
-    for (size_t i = 0; i < n; ++i) ++counts[codes[i * L + t] & mask];
-    for (uint32_t c = 0; c <= mask; ++c)
-      if (counts[c]) bucket_for_insert(t, c)->ids.reserve(std::min<uint32_t>(counts[c], config_.bucket_capacity));
+  auto build_table = [&](uint32_t t) {
+    // Count first (in `offered`), so each bucket is allocated once at its final size.
+    for (size_t i = 0; i < n; ++i) ++bucket_for_insert(t, codes[i * L + t] & mask)->offered;
+    for (Bucket& b : tables_[t].buckets) {
+      b.ids.reserve(std::min<uint32_t>(b.offered, config_.bucket_capacity));
+      b.offered = 0;
+    }
     for (size_t i = 0; i < n; ++i) insert_into(t, uint32_t(i), codes[i * L + t] & mask);
   };
   uint32_t workers = std::max<uint32_t>(1, std::min<uint32_t>(threads ? threads : 1, L));
   if (workers == 1) {
-    std::vector<uint32_t> counts;
-    for (uint32_t t = 0; t < L; ++t) build_table(t, counts);
+    for (uint32_t t = 0; t < L; ++t) build_table(t);
     return;
   }
   std::vector<std::thread> pool;
   for (uint32_t w = 0; w < workers; ++w)
     pool.emplace_back([&, w] {
-      std::vector<uint32_t> counts;
-      for (uint32_t t = w; t < L; t += workers) build_table(t, counts);
+      for (uint32_t t = w; t < L; t += workers) build_table(t);
     });
   for (auto& th : pool) th.join();
 }
@@ -1419,21 +1475,15 @@ const std::vector<uint32_t>& HashTables::bucket(uint32_t table, uint32_t code) c
 size_t HashTables::stored_ids() const {
   size_t total = 0;
   for (const Table& tb : tables_)
-    for (const auto& page : tb.pages)
-      if (page)
-        for (size_t i = 0; i < (size_t(1) << page_bits_); ++i) total += page[i].ids.size();
+    for (const Bucket& b : tb.buckets) total += b.ids.size();
   return total;
 }
 
 size_t HashTables::bytes_used() const {
   size_t total = tables_.capacity() * sizeof(Table);
   for (const Table& tb : tables_) {
-    total += tb.pages.capacity() * sizeof(tb.pages[0]);
-    for (const auto& page : tb.pages)
-      if (page) {
-        total += (size_t(1) << page_bits_) * sizeof(Bucket);
-        for (size_t i = 0; i < (size_t(1) << page_bits_); ++i) total += page[i].ids.capacity() * sizeof(uint32_t);
-      }
+    total += tb.buckets.capacity() * sizeof(Bucket) + tb.index.capacity() * sizeof(uint32_t);
+    for (const Bucket& b : tb.buckets) total += b.ids.capacity() * sizeof(uint32_t);
   }
   return total;
 }
@@ -1578,6 +1628,9 @@ struct Model::Impl {
   Hasher hasher;
   HashTables tables;
   std::vector<uint32_t> item_codes;  // N x L: codes under which each neuron was inserted
+  std::vector<uint32_t> padding_pool;  // this batch's random neurons for padding active sets
+  std::vector<uint8_t> padding_mark;
+  std::vector<uint32_t> batch_labels;  // distinct labels of this batch's examples
   uint64_t next_rehash = 0, next_new_hash = 0, hash_generation = 0;
 
   // Per-worker scratch.
@@ -1744,6 +1797,18 @@ struct Model::Impl {
   // ---- LSH-sampled output layer. ----
   void lsh_forward_backward(const Dataset& data, const uint32_t* rows, size_t B, size_t labelled) {
     double t0 = now_seconds();
+    draw_padding_pool();
+    batch_labels.clear();
+    if (padding_mark.size() < N) padding_mark.assign(N, 0);
+    for (size_t e = 0; e < B; ++e) {
+      Dataset::Row row = data.row(rows[e]);
+      for (size_t i = 0; i < row.num_labels; ++i)
+        if (!padding_mark[row.labels[i]]) {
+          padding_mark[row.labels[i]] = 1;
+          batch_labels.push_back(row.labels[i]);
+        }
+    }
+    for (uint32_t l : batch_labels) padding_mark[l] = 0;
     run_chunks(B, 16, [&](size_t e0, size_t e1, uint32_t w) {
       hasher.hash_batch(queries.data() + e0 * ld, e1 - e0, ld, codes.data() + e0 * cfg.L, &workers[w].hash_scratch);
     });
@@ -1766,7 +1831,7 @@ struct Model::Impl {
           continue;
         }
         Dataset::Row row = data.row(rows[e]);
-        select_active(codes.data() + e * cfg.L, row, mix_seed(cfg.seed, step, rows[e]), w.qr);
+        select_active(codes.data() + e * cfg.L, row, w.qr);
         act_ids.assign(w.qr.ids.begin(), w.qr.ids.end());
         active_total[wi] += double(act_ids.size());
         double q1 = now_seconds();
@@ -1775,7 +1840,7 @@ struct Model::Impl {
         const float* q = queries.data() + e * ld;
         k->row_scores(W2.data(), ld, act_ids.data(), act_ids.size(), q, ld, nullptr, dz.data());
         losses[e] = softmax_loss(dz.data(), dz.size(), act_ids.data(), row, scale, &w.qr.slot);
-        for (size_t i = 0; i < act_ids.size(); ++i) k->axpy(dz[i], W2.data() + size_t(act_ids[i]) * ld, dq, H);
+        k->rows_axpy(W2.data(), ld, act_ids.data(), act_ids.size(), dz.data(), H, dq);
         w.qr.clear();
       }
     });
@@ -1790,16 +1855,35 @@ struct Model::Impl {
   }
 
   // The active set of one example: table hits (capped by max_active), the true labels, then
-  // random neurons up to min_active. Left in qr (ids; slot marks membership).
-  void select_active(const uint32_t* query_codes, const Dataset::Row& row, uint64_t seed, QueryResult& qr) const {
+  // neurons of this batch's random pool up to min_active. Left in qr (ids; slot marks membership).
+  void select_active(const uint32_t* query_codes, const Dataset::Row& row, QueryResult& qr) const {
     tables.query(query_codes, &qr);
     if (cfg.max_active && qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&qr, cfg.max_active);
     for (size_t i = 0; i < row.num_labels; ++i) add_candidate(qr, row.labels[i]);
+    for (uint32_t l : batch_labels) add_candidate(qr, l);
+    for (size_t i = 0; i < padding_pool.size() && qr.ids.size() < cfg.min_active; ++i) add_candidate(qr, padding_pool[i]);
+  }
+
+  // A fresh random sample of min(min_active, N) distinct neurons for this batch's padding.
+  void draw_padding_pool() {
     size_t want = std::min<size_t>(cfg.min_active, N);
-    if (qr.ids.size() < want) {
-      Rng rng(seed);
-      while (qr.ids.size() < want) add_candidate(qr, rng.below(uint32_t(N)));
+    padding_pool.clear();
+    if (want == 0) return;
+    Rng rng(mix_seed(cfg.seed, 0x9AD5u, step));
+    if (want == N) {
+      padding_pool.resize(N);
+      std::iota(padding_pool.begin(), padding_pool.end(), 0u);
+      return;
     }
+    if (padding_mark.size() < N) padding_mark.assign(N, 0);
+    while (padding_pool.size() < want) {
+      uint32_t j = rng.below(uint32_t(N));
+      if (!padding_mark[j]) {
+        padding_mark[j] = 1;
+        padding_pool.push_back(j);
+      }
+    }
+    for (uint32_t j : padding_pool) padding_mark[j] = 0;
   }
 
   void lsh_update(size_t B, const AdamStep& st) {
@@ -1965,16 +2049,18 @@ Status Model::init(const Config& config, size_t features, size_t labels) {
   m->pool = std::make_unique<ThreadPool>(resolve_threads(config.threads));
   m->workers.resize(m->pool->size());
   Rng rng(mix_seed(config.seed, 0x1417u));
-  // Input rows ~ N(0, 1/H) suits L2-normalized inputs; output rows ~ U(-1/sqrt(H), 1/sqrt(H)),
-  // biases 0 (as PyTorch's Linear).
+  // As PyTorch's Linear: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)). The small
+  // input-layer scale (fan_in = D) matters: larger starts over-fit sooner on sparse counts.
+  auto uniform = [&](float bound) { return (2.0f * rng.uniform() - 1.0f) * bound; };
+  float s1 = 1.0f / std::sqrt(float(m->D));
   m->W1.resize(m->D * m->H);
-  float s1 = 1.0f / std::sqrt(float(m->H));
-  for (auto& w : m->W1) w = rng.gaussian() * s1;
-  m->b1.assign(m->H, 0.0f);
+  for (auto& w : m->W1) w = uniform(s1);
+  m->b1.resize(m->H);
+  for (auto& b : m->b1) b = uniform(s1);
   m->W2.assign(m->N * m->ld, 0.0f);
   float s2 = 1.0f / std::sqrt(float(m->H));
   for (size_t j = 0; j < m->N; ++j)
-    for (size_t i = 0; i < m->H; ++i) m->W2[j * m->ld + i] = (2.0f * rng.uniform() - 1.0f) * s2;
+    for (size_t i = 0; i <= m->H; ++i) m->W2[j * m->ld + i] = uniform(s2);
   m->W1_m.assign(m->W1.size(), 0.0f);
   m->W1_v.assign(m->W1.size(), 0.0f);
   m->b1_m.assign(m->H, 0.0f);

@@ -106,6 +106,9 @@ struct Kernels {
   // nullptr; W rows are ld floats apart and x has n floats. The sampled layer's forward.
   void (*row_scores)(const float* W, size_t ld, const uint32_t* rows, size_t count, const float* x,
                      size_t n, const float* bias, float* out);
+  // out[0..n) += sum_i coef[i] * W[rows[i]][0..n): the sampled layer's backward to its input.
+  void (*rows_axpy)(const float* W, size_t ld, const uint32_t* rows, size_t count, const float* coef,
+                    size_t n, float* out);
   // out[0..n) += sum_k values[k] * W[ids[k]][0..n): sparse vector times dense matrix (input layer).
   void (*sparse_matvec)(const uint32_t* ids, const float* values, size_t nnz, const float* W,
                         size_t ld, size_t n, float* out);
@@ -283,6 +286,8 @@ class Hasher {
 // L tables of 2^K buckets of 32-bit item ids, each bucket holding at most `bucket_capacity` ids.
 // Buckets are allocated when first used, so memory follows what is stored. The tables do not
 // remember items' codes: remove/update take them from the caller (the sampled layer keeps them).
+// Codes are used modulo 2^K. Item ids index the query's scratch (QueryResult::slot), so they
+// should be dense, 0..n-1.
 
 enum class BucketPolicy {
   fifo,       // a full bucket drops its oldest id
@@ -336,14 +341,17 @@ class HashTables {
   struct Bucket {
     std::vector<uint32_t> ids;
     uint32_t offered = 0;  // ids offered since the bucket was cleared (reservoir sampling)
+    uint32_t code = 0;
   };
+  // One table: the buckets in use, found by code through an open-addressing index, so memory
+  // follows the buckets used whatever K is.
   struct Table {
-    std::vector<std::unique_ptr<Bucket[]>> pages;  // lazily allocated pages of buckets
+    std::vector<Bucket> buckets;
+    std::vector<uint32_t> index;  // power-of-two size; 0 = empty, else 1 + position in buckets
     uint64_t rng_state = 0;
   };
   TableConfig config_;
   std::vector<Table> tables_;
-  uint32_t page_bits_ = 0;
   Bucket* bucket_for_insert(uint32_t table, uint32_t code);
   const Bucket* find_bucket(uint32_t table, uint32_t code) const;
   void insert_into(uint32_t table, uint32_t id, uint32_t code);
@@ -391,7 +399,9 @@ struct Config {
   float hash_density = 1.0f;      // SimHash projection density (see HashConfig)
   uint32_t bucket_capacity = 128;
   BucketPolicy bucket_policy = BucketPolicy::reservoir;
-  uint32_t min_active = 1000;     // pad the active set with random neurons up to this size
+  // Pad each active set up to this size from one random sample of neurons drawn per batch (a
+  // shared pool, as sampled softmax does: the padding costs one update per batch, not per example).
+  uint32_t min_active = 1000;
   uint32_t max_active = 0;        // 0 = no cap; else keep the most-hit neurons (labels always in)
   uint32_t rehash_every = 50;     // re-insert all neurons every this many batches (0 = never)
   float rehash_decay = 0.0f;      // > 0: the period grows by exp(decay * rehashes) (SLIDE paper)

@@ -160,6 +160,7 @@ TEST_CASE("kernels: table selection") {
     CHECK(bool(k->gemm_nt));
     CHECK(bool(k->gemm_nn_acc));
     CHECK(bool(k->gemm_tn_acc));
+    CHECK(bool(k->rows_axpy));
   }
   if (!mongoose::cpu_has_avx2()) MESSAGE("avx2 path skipped: this CPU lacks AVX2/FMA");
 }
@@ -272,6 +273,40 @@ TEST_CASE("kernels: row_scores (with and without rows, with and without bias)") 
           mm.require(out.guards_intact(), "guard of out overwritten");
         }
       }
+    }
+    CHECK_NO_MISMATCH(mm);
+  }
+}
+
+TEST_CASE("kernels: rows_axpy") {
+  constexpr size_t R = 19;  // rows of W
+  for (const Kernels* k : paths_under_test()) {
+    Mismatches mm;
+    Rng rng(113);
+    for (size_t n = 0; n <= kMaxN; ++n) {
+      const size_t ld = ld_for(n, 1 + n % 5);
+      Buf W(R * ld, kNaN);
+      for (size_t r = 0; r < R; ++r)
+        for (size_t c = 0; c < ld; ++c) W[r * ld + c] = c < n ? uniform_in(rng, -1, 1) : kNaN;
+      const size_t count = n % 50 == 0 ? 0 : 1 + (n * 7) % 29;  // may exceed R: duplicates
+      std::vector<uint32_t> rows(count + 1);
+      for (size_t i = 0; i < count; ++i) rows[i] = rng.below(R);
+      Buf coef(count + 1, kNaN), out(n, kNaN);
+      fill_uniform(rng, coef, -2.0f, 2.0f);
+      fill_uniform(rng, out);
+      Buf out0 = out;
+      mm.context("rows_axpy", *k, n);
+      k->rows_axpy(W.p(), ld, rows.data(), count, coef.p(), n, out.p());
+      for (size_t c = 0; c < n; ++c) {
+        double ref = out0[c], terms = std::fabs(ref);
+        for (size_t i = 0; i < count; ++i) {
+          double t = double(coef[i]) * W[rows[i] * ld + c];
+          ref += t;
+          terms += std::fabs(t);
+        }
+        mm.close(out[c], ref, kRel * terms, "out", c);
+      }
+      mm.require(out.guards_intact(), "guard of out overwritten");
     }
     CHECK_NO_MISMATCH(mm);
   }
