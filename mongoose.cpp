@@ -1515,7 +1515,7 @@ Status validate(const Config& c) {
   if (c.output == OutputMode::lsh) {
     HashConfig hc;
     hc.family = c.hash;
-    hc.dim = c.hidden + 1;
+    hc.dim = c.hidden + 2;
     hc.K = c.K;
     hc.L = c.L;
     hc.density = c.hash_density;
@@ -1528,8 +1528,6 @@ Status validate(const Config& c) {
     tc.policy = c.bucket_policy;
     st = validate(tc);
     if (!st.ok()) return Status::error("Config." + st.message().substr(st.message().find('.') + 1));
-    if (c.max_active != 0 && c.max_active < c.min_active)
-      return Status::error(strf("Config.max_active = %u is below min_active = %u (0 means no cap)", c.max_active, c.min_active));
     if (!(c.rehash_decay >= 0.0f && c.rehash_decay <= 1.0f)) return Status::error(strf("Config.rehash_decay = %g out of range [0, 1]", double(c.rehash_decay)));
   }
   return Status();
@@ -1628,15 +1626,16 @@ struct Model::Impl {
   Hasher hasher;
   HashTables tables;
   std::vector<uint32_t> item_codes;  // N x L: codes under which each neuron was inserted
-  std::vector<uint32_t> padding_pool;  // this batch's random neurons for padding active sets
-  std::vector<uint8_t> padding_mark;
-  std::vector<uint32_t> batch_labels;  // distinct labels of this batch's examples
+  std::vector<uint32_t> shared_ids;     // the batch's shared active set S
+  std::vector<uint32_t> shared_pos;     // per neuron: 1 + position in S, or 0
+  std::vector<float> shared_rows;       // S x ld: gathered rows of S
+  std::vector<float> shared_logits;     // B x |S|: logits, then dL/dz
   uint64_t next_rehash = 0, next_new_hash = 0, hash_generation = 0;
 
   // Per-worker scratch.
   struct Worker {
     QueryResult qr;
-    std::vector<float> hash_scratch, grad, dq, block_g, eval_scores, eval_queries;
+    std::vector<float> hash_scratch, grad, dq, block_g, eval_scores, eval_queries, items;
   };
   std::vector<Worker> workers;
 
@@ -1710,21 +1709,18 @@ struct Model::Impl {
     });
   }
 
-  // Loss and dL/dz for one example whose logits z (of the neurons ids, or of all N when ids is
-  // null) are given; z becomes dL/dz scaled by `scale`. Multi-label target: 1/|y| on each label.
-  float softmax_loss(float* z, size_t n, const uint32_t* ids, const Dataset::Row& row, float scale,
-                     const std::vector<uint32_t>* slot) const {
+  // Loss and dL/dz for one example from its logits z[0..n); z becomes dL/dz times `scale`.
+  // Label l's logit is z[l], or z[position[l] - 1] when a position map is given (the labels are
+  // always among the scored neurons). Multi-label target: 1/|y| on each label.
+  float softmax_loss(float* z, size_t n, const Dataset::Row& row, float scale,
+                     const std::vector<uint32_t>* position) const {
     const float t = 1.0f / float(row.num_labels);
+    auto at = [&](uint32_t label) -> size_t { return position ? size_t((*position)[label]) - 1 : label; };
     double label_logit_sum = 0;
-    // Positions of the labels among the scored neurons.
-    auto position = [&](uint32_t label) -> size_t {
-      if (!ids) return label;
-      return size_t((*slot)[label]) - 1;  // labels are always in the active set
-    };
-    for (size_t i = 0; i < row.num_labels; ++i) label_logit_sum += z[position(row.labels[i])];
+    for (size_t i = 0; i < row.num_labels; ++i) label_logit_sum += z[at(row.labels[i])];
     float lse = k->softmax(z, n);
     float loss = float(double(lse) - label_logit_sum * t);
-    for (size_t i = 0; i < row.num_labels; ++i) z[position(row.labels[i])] -= t;
+    for (size_t i = 0; i < row.num_labels; ++i) z[at(row.labels[i])] -= t;
     k->scale(scale, z, n);
     return loss;
   }
@@ -1750,7 +1746,7 @@ struct Model::Impl {
           losses[e] = 0;
           continue;
         }
-        losses[e] = softmax_loss(z, N, nullptr, row, scale, nullptr);
+        losses[e] = softmax_loss(z, N, row, scale, nullptr);
       }
     });
     stats.forward_backward_seconds += now_seconds() - t0;
@@ -1785,64 +1781,97 @@ struct Model::Impl {
     return true;
   }
 
-  // Adds `id` to a query result (no-op if present); hits 0 marks neurons not from the tables.
-  static void add_candidate(QueryResult& qr, uint32_t id) {
-    if (id >= qr.slot.size()) qr.slot.resize(std::max<size_t>(size_t(id) + 1, qr.slot.size() * 2), 0);
-    if (qr.slot[id]) return;
-    qr.ids.push_back(id);
-    qr.hits.push_back(0);
-    qr.slot[id] = uint32_t(qr.ids.size());
-  }
-
   // ---- LSH-sampled output layer. ----
-  void lsh_forward_backward(const Dataset& data, const uint32_t* rows, size_t B, size_t labelled) {
-    double t0 = now_seconds();
-    draw_padding_pool();
-    batch_labels.clear();
-    if (padding_mark.size() < N) padding_mark.assign(N, 0);
+  // Each example's active set is the batch's shared set S (every label of the batch, plus random
+  // neurons up to min_active) and its own retrieved set R_e (table hits, capped by max_active,
+  // outside S). S is scored and updated with dense GEMMs on a gathered copy of its rows; R_e by
+  // gathered dot products. S and the R_e are disjoint, so every row has one update path.
+
+  // Builds S: the batch's distinct labels, then random neurons until |S| >= min(min_active, N).
+  void build_shared_set(const Dataset& data, const uint32_t* rows, size_t B) {
+    if (shared_pos.size() < N) shared_pos.assign(N, 0);
+    for (uint32_t j : shared_ids) shared_pos[j] = 0;
+    shared_ids.clear();
+    auto add = [&](uint32_t j) {
+      if (shared_pos[j]) return;
+      shared_ids.push_back(j);
+      shared_pos[j] = uint32_t(shared_ids.size());
+    };
     for (size_t e = 0; e < B; ++e) {
       Dataset::Row row = data.row(rows[e]);
-      for (size_t i = 0; i < row.num_labels; ++i)
-        if (!padding_mark[row.labels[i]]) {
-          padding_mark[row.labels[i]] = 1;
-          batch_labels.push_back(row.labels[i]);
-        }
+      for (size_t i = 0; i < row.num_labels; ++i) add(row.labels[i]);
     }
-    for (uint32_t l : batch_labels) padding_mark[l] = 0;
+    size_t want = std::min<size_t>(cfg.min_active, N);
+    if (want == N) {
+      for (uint32_t j = 0; j < N; ++j) add(j);
+      return;
+    }
+    Rng rng(mix_seed(cfg.seed, 0x9AD5u, step));
+    while (shared_ids.size() < want) add(rng.below(uint32_t(N)));
+  }
+
+  void lsh_forward_backward(const Dataset& data, const uint32_t* rows, size_t B, size_t labelled) {
+    double t0 = now_seconds();
+    build_shared_set(data, rows, B);
+    const size_t S = shared_ids.size();
     run_chunks(B, 16, [&](size_t e0, size_t e1, uint32_t w) {
       hasher.hash_batch(queries.data() + e0 * ld, e1 - e0, ld, codes.data() + e0 * cfg.L, &workers[w].hash_scratch);
     });
     double t1 = now_seconds();
     stats.hash_seconds += t1 - t0;
+    // Shared logits: Z_S = Q W_S^T on a gathered copy of S's rows.
+    if (shared_rows.size() < S * ld) shared_rows.resize(S * ld);
+    if (shared_logits.size() < B * S) shared_logits.resize(B * S);
+    run_chunks(S, 256, [&](size_t i0, size_t i1, uint32_t) {
+      for (size_t i = i0; i < i1; ++i)
+        std::memcpy(&shared_rows[i * ld], &W2[size_t(shared_ids[i]) * ld], ld * sizeof(float));
+    });
+    const size_t nb = 96;
+    pool->run((S + nb - 1) / nb, [&](size_t b, uint32_t) {
+      size_t j0 = b * nb, j1 = std::min(S, j0 + nb);
+      k->gemm_nt(B, j1 - j0, ld, queries.data(), ld, shared_rows.data() + j0 * ld, ld, shared_logits.data() + j0, S);
+    });
     const float scale = 1.0f / float(labelled);
     std::vector<double> query_time(workers.size(), 0.0), active_total(workers.size(), 0.0);
     run_chunks(B, 2, [&](size_t e0, size_t e1, uint32_t wi) {
       Worker& w = workers[wi];
       for (size_t e = e0; e < e1; ++e) {
         double q0 = now_seconds();
-        std::vector<uint32_t>& act_ids = active[e];
+        std::vector<uint32_t>& retrieved = active[e];
         std::vector<float>& dz = dlogits[e];
-        act_ids.clear();
+        retrieved.clear();
         dz.clear();
         float* dq = dact.data() + e * H;
         std::fill(dq, dq + H, 0.0f);
+        float* zs = shared_logits.data() + e * S;
         if (!has_labels[e]) {
+          std::fill(zs, zs + S, 0.0f);
           losses[e] = 0;
           continue;
         }
-        Dataset::Row row = data.row(rows[e]);
-        select_active(codes.data() + e * cfg.L, row, w.qr);
-        act_ids.assign(w.qr.ids.begin(), w.qr.ids.end());
-        active_total[wi] += double(act_ids.size());
+        tables.query(codes.data() + e * cfg.L, &w.qr);
+        if (cfg.max_active && w.qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&w.qr, cfg.max_active);
+        for (uint32_t j : w.qr.ids)
+          if (!shared_pos[j]) retrieved.push_back(j);
+        w.qr.clear();
         double q1 = now_seconds();
         query_time[wi] += q1 - q0;
-        dz.resize(act_ids.size());
-        const float* q = queries.data() + e * ld;
-        k->row_scores(W2.data(), ld, act_ids.data(), act_ids.size(), q, ld, nullptr, dz.data());
-        losses[e] = softmax_loss(dz.data(), dz.size(), act_ids.data(), row, scale, &w.qr.slot);
-        k->rows_axpy(W2.data(), ld, act_ids.data(), act_ids.size(), dz.data(), H, dq);
-        w.qr.clear();
+        const size_t n = S + retrieved.size();
+        active_total[wi] += double(n);
+        // One softmax over [Z_S[e], z_R].
+        std::vector<float>& z = w.grad;
+        if (z.size() < n) z.resize(n);
+        std::memcpy(z.data(), zs, S * sizeof(float));
+        k->row_scores(W2.data(), ld, retrieved.data(), retrieved.size(), queries.data() + e * ld, ld, nullptr, z.data() + S);
+        losses[e] = softmax_loss(z.data(), n, data.row(rows[e]), scale, &shared_pos);
+        std::memcpy(zs, z.data(), S * sizeof(float));
+        dz.assign(z.begin() + ptrdiff_t(S), z.begin() + ptrdiff_t(n));
+        k->rows_axpy(W2.data(), ld, retrieved.data(), retrieved.size(), dz.data(), H, dq);
       }
+    });
+    // dQ += dZ_S W_S (rows of S before their update).
+    run_chunks(B, 16, [&](size_t e0, size_t e1, uint32_t) {
+      k->gemm_nn_acc(e1 - e0, H, S, shared_logits.data() + e0 * S, S, shared_rows.data(), ld, dact.data() + e0 * H, H);
     });
     double t2 = now_seconds();
     double qt = 0;
@@ -1854,40 +1883,22 @@ struct Model::Impl {
     stats.forward_backward_seconds += (t2 - t1) - qt;
   }
 
-  // The active set of one example: table hits (capped by max_active), the true labels, then
-  // neurons of this batch's random pool up to min_active. Left in qr (ids; slot marks membership).
-  void select_active(const uint32_t* query_codes, const Dataset::Row& row, QueryResult& qr) const {
-    tables.query(query_codes, &qr);
-    if (cfg.max_active && qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&qr, cfg.max_active);
-    for (size_t i = 0; i < row.num_labels; ++i) add_candidate(qr, row.labels[i]);
-    for (uint32_t l : batch_labels) add_candidate(qr, l);
-    for (size_t i = 0; i < padding_pool.size() && qr.ids.size() < cfg.min_active; ++i) add_candidate(qr, padding_pool[i]);
-  }
-
-  // A fresh random sample of min(min_active, N) distinct neurons for this batch's padding.
-  void draw_padding_pool() {
-    size_t want = std::min<size_t>(cfg.min_active, N);
-    padding_pool.clear();
-    if (want == 0) return;
-    Rng rng(mix_seed(cfg.seed, 0x9AD5u, step));
-    if (want == N) {
-      padding_pool.resize(N);
-      std::iota(padding_pool.begin(), padding_pool.end(), 0u);
-      return;
-    }
-    if (padding_mark.size() < N) padding_mark.assign(N, 0);
-    while (padding_pool.size() < want) {
-      uint32_t j = rng.below(uint32_t(N));
-      if (!padding_mark[j]) {
-        padding_mark[j] = 1;
-        padding_pool.push_back(j);
-      }
-    }
-    for (uint32_t j : padding_pool) padding_mark[j] = 0;
-  }
-
   void lsh_update(size_t B, const AdamStep& st) {
     double t0 = now_seconds();
+    const size_t S = shared_ids.size();
+    // Shared rows: G_S = dZ_S^T Q, then Adam, a block of rows at a time.
+    const size_t nb = 64;
+    pool->run((S + nb - 1) / nb, [&](size_t b, uint32_t wi) {
+      Worker& w = workers[wi];
+      size_t j0 = b * nb, m = std::min(S, j0 + nb) - j0;
+      w.block_g.assign(m * ld, 0.0f);
+      k->gemm_tn_acc(m, ld, B, shared_logits.data() + j0, S, queries.data(), ld, w.block_g.data(), ld);
+      for (size_t j = 0; j < m; ++j) {
+        size_t r = size_t(shared_ids[j0 + j]) * ld;
+        k->adam(W2.data() + r, w.block_g.data() + j * ld, W2_m.data() + r, W2_v.data() + r, ld, st);
+      }
+    });
+    // Retrieved rows: grouped by row over the examples that retrieved them.
     grouped_out.collect(N, B, [&](size_t e, auto&& add) {
       const auto& ids = active[e];
       const auto& dz = dlogits[e];
@@ -1898,11 +1909,39 @@ struct Model::Impl {
   }
 
   // Re-hashes every output neuron from its current weights and rebuilds the tables.
+  // Items are hashed as [w_j, b_j, sqrt(M^2 - |[w_j, b_j]|^2)] with M the largest row norm, and
+  // queries as [h, 1, 0] (Neyshabur & Srebro's MIPS-to-cosine reduction): every item has norm M,
+  // so the angle to a query, which SimHash measures, orders items by inner product.
+  void mips_items(size_t i0, size_t i1, float max_norm2, std::vector<float>& out) const {
+    const size_t dim = H + 2;
+    out.resize((i1 - i0) * dim);
+    for (size_t i = i0; i < i1; ++i) {
+      float* o = &out[(i - i0) * dim];
+      const float* w = &W2[i * ld];
+      std::memcpy(o, w, (H + 1) * sizeof(float));
+      float n2 = k->dot(w, w, H + 1);
+      o[H + 1] = std::sqrt(std::max(0.0f, max_norm2 - n2));
+    }
+  }
+
+  float max_row_norm2() const {
+    std::vector<float> per_task((N + 4095) / 4096, 0.0f);
+    run_chunks(N, 4096, [&](size_t i0, size_t i1, uint32_t) {
+      float m = 0;
+      for (size_t i = i0; i < i1; ++i) m = std::max(m, k->dot(&W2[i * ld], &W2[i * ld], H + 1));
+      per_task[i0 / 4096] = m;
+    });
+    return *std::max_element(per_task.begin(), per_task.end());
+  }
+
   void rebuild_tables() {
     double t0 = now_seconds();
     item_codes.resize(N * cfg.L);
+    const float max_norm2 = max_row_norm2();
     run_chunks(N, 1024, [&](size_t i0, size_t i1, uint32_t w) {
-      hasher.hash_batch(W2.data() + i0 * ld, i1 - i0, ld, item_codes.data() + i0 * cfg.L, &workers[w].hash_scratch);
+      std::vector<float>& items = workers[w].items;
+      mips_items(i0, i1, max_norm2, items);
+      hasher.hash_batch(items.data(), i1 - i0, H + 2, item_codes.data() + i0 * cfg.L, &workers[w].hash_scratch);
     });
     tables.build(item_codes.data(), N, threads());
     stats.rehash_seconds += now_seconds() - t0;
@@ -1912,7 +1951,7 @@ struct Model::Impl {
   Status init_hashing() {
     HashConfig hc;
     hc.family = cfg.hash;
-    hc.dim = uint32_t(H + 1);
+    hc.dim = uint32_t(H + 2);
     hc.K = cfg.K;
     hc.L = cfg.L;
     hc.density = cfg.hash_density;
@@ -2044,7 +2083,7 @@ Status Model::init(const Config& config, size_t features, size_t labels) {
   m->D = features;
   m->N = labels;
   m->H = config.hidden;
-  m->ld = round_up(m->H + 1, 8);
+  m->ld = round_up(m->H + 2, 8);  // room for the MIPS coordinate (always 0 in queries and rows)
   m->k = &kernels(config.simd);
   m->pool = std::make_unique<ThreadPool>(resolve_threads(config.threads));
   m->workers.resize(m->pool->size());

@@ -399,10 +399,11 @@ struct Config {
   float hash_density = 1.0f;      // SimHash projection density (see HashConfig)
   uint32_t bucket_capacity = 128;
   BucketPolicy bucket_policy = BucketPolicy::reservoir;
-  // Pad each active set up to this size from one random sample of neurons drawn per batch (a
-  // shared pool, as sampled softmax does: the padding costs one update per batch, not per example).
+  // An example's active set is the batch's shared set (every label of the batch's examples, plus
+  // random neurons drawn once per batch until it has min_active) and the neurons its LSH query
+  // retrieves. The shared set is scored with dense GEMMs, the retrieved ones by gathering rows.
   uint32_t min_active = 1000;
-  uint32_t max_active = 0;        // 0 = no cap; else keep the most-hit neurons (labels always in)
+  uint32_t max_active = 0;        // 0 = no cap; else keep the max_active most-hit retrieved neurons
   uint32_t rehash_every = 50;     // re-insert all neurons every this many batches (0 = never)
   float rehash_decay = 0.0f;      // > 0: the period grows by exp(decay * rehashes) (SLIDE paper)
   uint32_t new_hash_every = 0;    // draw new hash functions every this many batches (0 = never)

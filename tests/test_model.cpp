@@ -334,9 +334,8 @@ TEST_CASE("model: bad configurations and calls give clear errors") {
   c.K = 25;
   CHECK(validate(c).message() == "Config: hash K = 25 out of range [1, 24]");
   c.K = 6;
-  c.max_active = 10;
-  c.min_active = 100;
-  CHECK(validate(c).message() == "Config.max_active = 10 is below min_active = 100 (0 means no cap)");
+  c.rehash_decay = 2;
+  CHECK(validate(c).message() == "Config.rehash_decay = 2 out of range [0, 1]");
   c = Config();
   c.output = OutputMode::lsh;
   c.bucket_capacity = 0;
