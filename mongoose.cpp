@@ -1529,6 +1529,18 @@ Status validate(const Config& c) {
     st = validate(tc);
     if (!st.ok()) return Status::error("Config." + st.message().substr(st.message().find('.') + 1));
     if (!(c.rehash_decay >= 0.0f && c.rehash_decay <= 1.0f)) return Status::error(strf("Config.rehash_decay = %g out of range [0, 1]", double(c.rehash_decay)));
+    if (c.scheduler != Scheduler::fixed && c.scheduler != Scheduler::detect && c.scheduler != Scheduler::incremental)
+      return Status::error("Config.scheduler is not a known scheduler");
+    if (c.check_every < 1) return Status::error("Config.check_every = 0 out of range [1, 2^32)");
+    if (c.detector_bits < 1 || c.detector_bits > 24) return Status::error(strf("Config.detector_bits = %u out of range [1, 24]", c.detector_bits));
+    if (!(c.tau > 0.0f && c.tau <= 1.0f)) return Status::error(strf("Config.tau = %g out of range (0, 1]", double(c.tau)));
+    if (!(c.full_rebuild_fraction > 0.0f && c.full_rebuild_fraction <= 1.0f))
+      return Status::error(strf("Config.full_rebuild_fraction = %g out of range (0, 1]", double(c.full_rebuild_fraction)));
+    if (!(c.drift_epsilon >= 0.0f && std::isfinite(c.drift_epsilon))) return Status::error(strf("Config.drift_epsilon = %g must be finite and >= 0", double(c.drift_epsilon)));
+    if (c.learn_hash && c.hash != HashFamily::simhash) return Status::error("Config.learn_hash needs hash = simhash (DWTA has no projection to learn)");
+    if (c.learn_queries < 1) return Status::error("Config.learn_queries = 0 out of range [1, 2^32)");
+    if (c.hash_steps < 1 || c.hash_steps > 10000) return Status::error(strf("Config.hash_steps = %u out of range [1, 10000]", c.hash_steps));
+    if (!(c.hash_lr > 0.0f && c.hash_lr <= 1.0f)) return Status::error(strf("Config.hash_lr = %g out of range (0, 1]", double(c.hash_lr)));
   }
   return Status();
 }
@@ -1626,6 +1638,15 @@ struct Model::Impl {
   Hasher hasher;
   HashTables tables;
   std::vector<uint32_t> item_codes;  // N x L: codes under which each neuron was inserted
+  // Scheduler state.
+  Hasher detector;                      // small SimHash over [w_j, b_j]
+  std::vector<uint32_t> detector_codes; // N: detector code at each neuron's last insertion
+  std::vector<uint32_t> detector_new;   // N: scratch for a check
+  std::vector<float> inserted_rows;     // N x (H+1): weights at insertion (drift_epsilon > 0)
+  float mips_norm2 = 0;                 // M^2 of the MIPS reduction at the last full build
+  uint64_t next_check = 0, next_learn = 0;
+  size_t last_batch_size = 0;           // queries[0..last_batch_size) hold the last batch's queries
+
   std::vector<uint32_t> shared_ids;     // the batch's shared active set S
   std::vector<uint32_t> shared_pos;     // per neuron: 1 + position in S, or 0
   std::vector<float> shared_rows;       // S x ld: gathered rows of S
@@ -1810,11 +1831,14 @@ struct Model::Impl {
     while (shared_ids.size() < want) add(rng.below(uint32_t(N)));
   }
 
+  // min_active >= N: every neuron is in the shared set, the tables are never needed.
+  bool all_active() const { return cfg.min_active >= N; }
+
   void lsh_forward_backward(const Dataset& data, const uint32_t* rows, size_t B, size_t labelled) {
     double t0 = now_seconds();
     build_shared_set(data, rows, B);
     const size_t S = shared_ids.size();
-    run_chunks(B, 16, [&](size_t e0, size_t e1, uint32_t w) {
+    if (!all_active()) run_chunks(B, 16, [&](size_t e0, size_t e1, uint32_t w) {
       hasher.hash_batch(queries.data() + e0 * ld, e1 - e0, ld, codes.data() + e0 * cfg.L, &workers[w].hash_scratch);
     });
     double t1 = now_seconds();
@@ -1849,7 +1873,7 @@ struct Model::Impl {
           losses[e] = 0;
           continue;
         }
-        tables.query(codes.data() + e * cfg.L, &w.qr);
+        if (!all_active()) tables.query(codes.data() + e * cfg.L, &w.qr);
         if (cfg.max_active && w.qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&w.qr, cfg.max_active);
         for (uint32_t j : w.qr.ids)
           if (!shared_pos[j]) retrieved.push_back(j);
@@ -1912,12 +1936,13 @@ struct Model::Impl {
   // Items are hashed as [w_j, b_j, sqrt(M^2 - |[w_j, b_j]|^2)] with M the largest row norm, and
   // queries as [h, 1, 0] (Neyshabur & Srebro's MIPS-to-cosine reduction): every item has norm M,
   // so the angle to a query, which SimHash measures, orders items by inner product.
-  void mips_items(size_t i0, size_t i1, float max_norm2, std::vector<float>& out) const {
+  // Writes the items ids[0..n) (or i0..i0+n when ids is null) to out, n x (H+2).
+  void mips_items(const uint32_t* ids, size_t i0, size_t n, float max_norm2, std::vector<float>& out) const {
     const size_t dim = H + 2;
-    out.resize((i1 - i0) * dim);
-    for (size_t i = i0; i < i1; ++i) {
-      float* o = &out[(i - i0) * dim];
-      const float* w = &W2[i * ld];
+    out.resize(n * dim);
+    for (size_t i = 0; i < n; ++i) {
+      float* o = &out[i * dim];
+      const float* w = &W2[size_t(ids ? ids[i] : i0 + i) * ld];
       std::memcpy(o, w, (H + 1) * sizeof(float));
       float n2 = k->dot(w, w, H + 1);
       o[H + 1] = std::sqrt(std::max(0.0f, max_norm2 - n2));
@@ -1934,18 +1959,245 @@ struct Model::Impl {
     return *std::max_element(per_task.begin(), per_task.end());
   }
 
+  // Table codes of items ids[0..n) (or the range i0..i0+n) into codes (n x L).
+  void item_codes_of(const uint32_t* ids, size_t i0, size_t n, uint32_t* codes_out, Worker& w) const {
+    mips_items(ids, i0, n, mips_norm2, w.items);
+    hasher.hash_batch(w.items.data(), n, H + 2, codes_out, &w.hash_scratch);
+  }
+
+  // Re-hashes every output neuron from its current weights and rebuilds the tables.
   void rebuild_tables() {
     double t0 = now_seconds();
     item_codes.resize(N * cfg.L);
-    const float max_norm2 = max_row_norm2();
+    mips_norm2 = max_row_norm2();
     run_chunks(N, 1024, [&](size_t i0, size_t i1, uint32_t w) {
-      std::vector<float>& items = workers[w].items;
-      mips_items(i0, i1, max_norm2, items);
-      hasher.hash_batch(items.data(), i1 - i0, H + 2, item_codes.data() + i0 * cfg.L, &workers[w].hash_scratch);
+      item_codes_of(nullptr, i0, i1 - i0, item_codes.data() + i0 * cfg.L, workers[w]);
     });
     tables.build(item_codes.data(), N, threads());
+    if (cfg.scheduler != Scheduler::fixed) {
+      detector_codes.resize(N);
+      detector_codes_of_all(detector_codes);
+      if (cfg.drift_epsilon > 0) {
+        inserted_rows.resize(N * (H + 1));
+        for (size_t j = 0; j < N; ++j) std::memcpy(&inserted_rows[j * (H + 1)], &W2[j * ld], (H + 1) * sizeof(float));
+      }
+    }
     stats.rehash_seconds += now_seconds() - t0;
     ++stats.rehashes;
+  }
+
+  void detector_codes_of_all(std::vector<uint32_t>& out) {
+    out.resize(N);
+    run_chunks(N, 2048, [&](size_t i0, size_t i1, uint32_t w) {
+      detector.hash_batch(&W2[i0 * ld], i1 - i0, ld, &out[i0], &workers[w].hash_scratch);
+    });
+  }
+
+  // ---- Scheduler. ----
+
+  // Every check_every batches: how far have the weights moved since the tables were built?
+  void check_index() {
+    double t0 = now_seconds();
+    ++stats.checks;
+    detector_codes_of_all(detector_new);
+    uint64_t flipped = 0;
+    std::vector<uint32_t> changed;
+    for (size_t j = 0; j < N; ++j) {
+      uint32_t diff = detector_codes[j] ^ detector_new[j];
+      flipped += uint64_t(popcount32(diff));
+      bool moved = diff != 0;
+      if (!moved && cfg.drift_epsilon > 0) {
+        const float* now = &W2[j * ld];
+        const float* then = &inserted_rows[j * (H + 1)];
+        float d2 = 0, n2 = 0;
+        for (size_t i = 0; i <= H; ++i) {
+          d2 += (now[i] - then[i]) * (now[i] - then[i]);
+          n2 += then[i] * then[i];
+        }
+        moved = d2 > cfg.drift_epsilon * cfg.drift_epsilon * n2;
+      }
+      if (moved) changed.push_back(uint32_t(j));
+    }
+    stats.last_flip_fraction = double(flipped) / (double(N) * cfg.detector_bits);
+    stats.detect_seconds += now_seconds() - t0;
+    if (cfg.scheduler == Scheduler::detect) {
+      if (stats.last_flip_fraction > cfg.tau) full_rebuild();
+      return;
+    }
+    if (double(changed.size()) > cfg.full_rebuild_fraction * double(N)) {
+      full_rebuild();
+      return;
+    }
+    // Incremental: re-insert only the neurons that moved, under codes from their new weights.
+    t0 = now_seconds();
+    std::vector<uint32_t> fresh(changed.size() * cfg.L);
+    run_chunks(changed.size(), 256, [&](size_t i0, size_t i1, uint32_t w) {
+      item_codes_of(changed.data() + i0, 0, i1 - i0, fresh.data() + i0 * cfg.L, workers[w]);
+    });
+    for (size_t i = 0; i < changed.size(); ++i) {
+      uint32_t j = changed[i];
+      uint32_t* old_codes = &item_codes[size_t(j) * cfg.L];
+      tables.update(j, old_codes, &fresh[i * cfg.L]);
+      std::memcpy(old_codes, &fresh[i * cfg.L], cfg.L * sizeof(uint32_t));
+      detector_codes[j] = detector_new[j];
+      if (cfg.drift_epsilon > 0) std::memcpy(&inserted_rows[size_t(j) * (H + 1)], &W2[size_t(j) * ld], (H + 1) * sizeof(float));
+    }
+    stats.reinserted += changed.size();
+    stats.reinsert_seconds += now_seconds() - t0;
+  }
+
+  static int popcount32(uint32_t x) {
+    int c = 0;
+    for (; x; x &= x - 1) ++c;
+    return c;
+  }
+
+  void full_rebuild() {
+    if (cfg.learn_hash && cfg.learn_every == 0) {
+      learn_round();  // ends with a rebuild under the learned projection
+      return;
+    }
+    rebuild_tables();
+  }
+
+  // ---- Hash learning. ----
+
+  // Fraction of the k best neurons (exact scores) of each query retrieved by the tables.
+  double top_recall(const float* qs, size_t nq, size_t topk, const std::vector<float>& scores, Worker& w) const {
+    double found = 0;
+    std::vector<uint32_t> c(cfg.L);
+    for (size_t i = 0; i < nq; ++i) {
+      TopK top(topk);
+      const float* s = &scores[i * N];
+      for (size_t j = 0; j < N; ++j) top.offer(uint32_t(j), s[j]);
+      hasher.hash_batch(qs + i * ld, 1, ld, c.data(), &w.hash_scratch);
+      tables.query(c.data(), &w.qr);
+      for (const Scored& t : top.items) found += (t.label < w.qr.slot.size() && w.qr.slot[t.label]) ? 1 : 0;
+      w.qr.clear();
+    }
+    return nq ? found / double(nq * topk) : 0.0;
+  }
+
+  // One round: mine pairs from this batch's queries, train the projection, swap it in, rebuild.
+  void learn_round() {
+    double t0 = now_seconds();
+    Worker& w = workers[0];
+    // Sample queries spread over the batch.
+    size_t B = last_batch_size;
+    size_t nq = std::min<size_t>(cfg.learn_queries, B);
+    std::vector<float> qs(nq * ld);
+    for (size_t i = 0; i < nq; ++i) std::memcpy(&qs[i * ld], &queries[(i * B / nq) * ld], ld * sizeof(float));
+    std::vector<float> scores(nq * N);
+    pool->run((N + 1023) / 1024, [&](size_t b, uint32_t) {
+      size_t j0 = b * 1024, j1 = std::min(N, j0 + 1024);
+      std::vector<float> part(nq * (j1 - j0));
+      k->gemm_nt(nq, j1 - j0, ld, qs.data(), ld, W2.data() + j0 * ld, ld, part.data(), j1 - j0);
+      for (size_t i = 0; i < nq; ++i) std::memcpy(&scores[i * N + j0], &part[i * (j1 - j0)], (j1 - j0) * sizeof(float));
+    });
+    stats.recall_before_sum += top_recall(qs.data(), nq, 5, scores, w);
+    // Mine: positives are top-0.1% (and > 0) neurons the tables missed; negatives are
+    // below-median neurons they retrieved.
+    struct Pair { uint32_t query, item; float label; };
+    std::vector<Pair> pos, neg;
+    std::vector<float> sorted(N);
+    std::vector<uint32_t> c(cfg.L);
+    for (size_t i = 0; i < nq; ++i) {
+      const float* s = &scores[i * N];
+      sorted.assign(s, s + N);
+      size_t top_n = std::max<size_t>(1, N / 1000);
+      std::nth_element(sorted.begin(), sorted.begin() + ptrdiff_t(top_n - 1), sorted.end(), std::greater<float>());
+      float top_threshold = sorted[top_n - 1];
+      std::nth_element(sorted.begin(), sorted.begin() + ptrdiff_t(N / 2), sorted.end());
+      float median = sorted[N / 2];
+      hasher.hash_batch(&qs[i * ld], 1, ld, c.data(), &w.hash_scratch);
+      tables.query(c.data(), &w.qr);
+      for (size_t j = 0; j < N; ++j) {
+        bool retrieved = j < w.qr.slot.size() && w.qr.slot[j];
+        if (!retrieved && s[j] >= top_threshold && s[j] > 0) pos.push_back({uint32_t(i), uint32_t(j), 1.0f});
+        if (retrieved && s[j] < median) neg.push_back({uint32_t(i), uint32_t(j), 0.0f});
+      }
+      w.qr.clear();
+    }
+    // Balance by down-sampling the larger set (seeded).
+    Rng rng(mix_seed(cfg.seed, 0x1EA7u, stats.learn_rounds));
+    auto downsample = [&](std::vector<Pair>& v, size_t n) {
+      for (size_t i = 0; i < n && i < v.size(); ++i) std::swap(v[i], v[i + rng.below(uint32_t(v.size() - i))]);
+      if (v.size() > n) v.resize(n);
+    };
+    // At most 256 of each keeps a round cheap (the loss is a mean over pairs).
+    size_t n = std::min<size_t>(256, std::min(pos.size(), neg.size()));
+    downsample(pos, n);
+    downsample(neg, n);
+    ++stats.learn_rounds;
+    if (n > 0) {
+      pos.insert(pos.end(), neg.begin(), neg.end());
+      stats.pairs_mined += pos.size();
+      train_projection(pos.data(), pos.size(), qs);
+    }
+    rebuild_tables();
+    stats.recall_after_sum += top_recall(qs.data(), nq, 5, scores, w);
+    stats.learn_seconds += now_seconds() - t0;
+  }
+
+  // A few Adam steps on the projection P (dim x K*L) for the per-table loss
+  // BCE(sigmoid(tanh(P_t^T q) . tanh(P_t^T w)), label), summed over tables, mean over pairs.
+  template <class Pair>
+  void train_projection(const Pair* pairs, size_t n, const std::vector<float>& qs) {
+    const size_t dim = H + 2, bits = size_t(cfg.K) * cfg.L;
+    std::vector<float> P = hasher.projection(), M(P.size(), 0.0f), V(P.size(), 0.0f), G(P.size());
+    // Pair inputs: Xq (n x dim) the queries [h, 1, 0], Xw (n x dim) the MIPS items.
+    std::vector<float> Xq(n * dim), Xw;
+    std::vector<uint32_t> ids(n);
+    for (size_t i = 0; i < n; ++i) {
+      std::memcpy(&Xq[i * dim], &qs[size_t(pairs[i].query) * ld], dim * sizeof(float));
+      ids[i] = pairs[i].item;
+    }
+    mips_items(ids.data(), 0, n, mips_norm2, Xw);
+    std::vector<float> U(n * bits), Wv(n * bits), DU(n * bits), DV(n * bits);
+    auto forward = [&](bool backward) {
+      std::fill(U.begin(), U.end(), 0.0f);
+      std::fill(Wv.begin(), Wv.end(), 0.0f);
+      k->gemm_nn_acc(n, bits, dim, Xq.data(), dim, P.data(), bits, U.data(), bits);
+      k->gemm_nn_acc(n, bits, dim, Xw.data(), dim, P.data(), bits, Wv.data(), bits);
+      double loss = 0;
+      for (size_t i = 0; i < n; ++i) {
+        float y = pairs[i].label;
+        for (size_t t = 0; t < cfg.L; ++t) {
+          float* u = &U[i * bits + t * cfg.K];
+          float* v = &Wv[i * bits + t * cfg.K];
+          float st = 0;
+          for (size_t b = 0; b < cfg.K; ++b) {
+            u[b] = std::tanh(u[b]);
+            v[b] = std::tanh(v[b]);
+            st += u[b] * v[b];
+          }
+          // BCE with logits, stable: log(1 + e^s) - y s.
+          loss += double(std::max(st, 0.0f) + std::log1p(std::exp(-std::fabs(st))) - y * st);
+          if (!backward) continue;
+          float g = (1.0f / (1.0f + std::exp(-st)) - y) / float(n);
+          for (size_t b = 0; b < cfg.K; ++b) {
+            DU[i * bits + t * cfg.K + b] = g * v[b] * (1.0f - u[b] * u[b]);
+            DV[i * bits + t * cfg.K + b] = g * u[b] * (1.0f - v[b] * v[b]);
+          }
+        }
+      }
+      return loss / double(n);
+    };
+    for (uint32_t step = 1; step <= cfg.hash_steps; ++step) {
+      double loss = forward(true);
+      if (step == 1) stats.learn_loss_before = loss;
+      std::fill(G.begin(), G.end(), 0.0f);
+      k->gemm_tn_acc(dim, bits, n, Xq.data(), dim, DU.data(), bits, G.data(), bits);
+      k->gemm_tn_acc(dim, bits, n, Xw.data(), dim, DV.data(), bits, G.data(), bits);
+      AdamStep st = AdamStep::at(cfg.hash_lr, 0.9f, 0.999f, 1e-8f, step);
+      for (size_t d = 0; d < dim; ++d) k->adam(&P[d * bits], &G[d * bits], &M[d * bits], &V[d * bits], bits, st);
+    }
+    stats.learn_loss_after = forward(false);
+    if (cfg.hash_binarize)
+      for (float& p : P) p = p >= 0.0f ? 1.0f : -1.0f;
+    bool finite = true;
+    for (float p : P) finite = finite && std::isfinite(p);
+    if (finite) hasher.set_projection(P);  // a non-finite projection is dropped, never swapped in
   }
 
   Status init_hashing() {
@@ -1964,7 +2216,14 @@ struct Model::Impl {
     tc.bucket_capacity = cfg.bucket_capacity;
     tc.policy = cfg.bucket_policy;
     tc.seed = mix_seed(cfg.seed, 0x7AB7u, hash_generation);
-    return tables.init(tc);
+    st = tables.init(tc);
+    if (!st.ok() || cfg.scheduler == Scheduler::fixed) return st;
+    HashConfig dc;
+    dc.dim = uint32_t(H + 1);
+    dc.K = cfg.detector_bits;
+    dc.L = 1;
+    dc.seed = mix_seed(cfg.seed, 0xDE7Eu);
+    return detector.init(dc, cfg.simd);
   }
 
   void maybe_rehash() {
@@ -1977,9 +2236,22 @@ struct Model::Impl {
       schedule_next_rehash();
       return;
     }
-    if (cfg.rehash_every && stats.batches >= next_rehash) {
-      rebuild_tables();
+    if (cfg.learn_hash && cfg.learn_every && stats.batches >= next_learn) {
+      learn_round();
+      next_learn = stats.batches + cfg.learn_every;
       schedule_next_rehash();
+      return;
+    }
+    if (cfg.scheduler == Scheduler::fixed) {
+      if (cfg.rehash_every && stats.batches >= next_rehash) {
+        full_rebuild();
+        schedule_next_rehash();
+      }
+      return;
+    }
+    if (stats.batches >= next_check) {
+      check_index();
+      next_check = stats.batches + cfg.check_every;
     }
   }
 
@@ -2039,7 +2311,8 @@ struct Model::Impl {
 
     ++stats.batches;
     stats.examples += labelled;
-    if (cfg.output == OutputMode::lsh) maybe_rehash();
+    last_batch_size = B;
+    if (cfg.output == OutputMode::lsh && !all_active()) maybe_rehash();
     stats.seconds += now_seconds() - start;
     if (loss_out) *loss_out = float(loss);
     return Status();
@@ -2113,6 +2386,8 @@ Status Model::init(const Config& config, size_t features, size_t labels) {
     m->stats.rehashes = 0;  // the initial build is not a re-hash
     m->stats.rehash_seconds = 0;
     m->next_new_hash = config.new_hash_every;
+    m->next_check = config.check_every;
+    m->next_learn = config.learn_every;
     m->schedule_next_rehash();
   }
   impl_ = std::move(m);
@@ -2242,6 +2517,46 @@ Status Model::evaluate(const Dataset& data, InferMode mode, Metrics* out) const 
   r.ms_per_example = 1000.0 * r.seconds * double(m.threads()) / rows;
   r.mean_candidates = cand / rows;
   *out = r;
+  return Status();
+}
+
+Status Model::retrieval_recall(const Dataset& data, size_t max_rows, size_t topk, double* recall,
+                               double* mean_retrieved) const {
+  if (!impl_) return Status::error("Model::retrieval_recall: the model is not initialized (call init)");
+  if (!recall || !mean_retrieved) return Status::error("Model::retrieval_recall: output pointers are null");
+  Status st = check_compatible(*impl_, data, "Model::retrieval_recall");
+  if (!st.ok()) return st;
+  const Impl& m = *impl_;
+  if (m.cfg.output != OutputMode::lsh) return Status::error("Model::retrieval_recall: needs an lsh model");
+  if (topk < 1 || topk > m.N) return Status::error(strf("Model::retrieval_recall: k = %zu out of range [1, %zu]", topk, m.N));
+  size_t rows = std::min(max_rows, data.rows);
+  if (rows == 0) return Status::error("Model::retrieval_recall: no rows to measure");
+  std::vector<double> found(rows, 0.0), retrieved(rows, 0.0);
+  auto& self = const_cast<Impl&>(m);  // per-worker scratch only
+  self.pool->run(rows, [&](size_t i, uint32_t wi) {
+    Impl::Worker& w = self.workers[wi];
+    size_t r = i * data.rows / rows;  // spread over the file, never a prefix
+    std::vector<float> h(m.H), q(m.ld);
+    m.hidden_one(data.row(r), h.data(), q.data());
+    std::vector<float>& scores = w.eval_scores;
+    if (scores.size() < m.N) scores.resize(m.N);
+    m.k->gemm_nt(1, m.N, m.ld, q.data(), m.ld, m.W2.data(), m.ld, scores.data(), m.N);
+    TopK top(topk);
+    for (size_t j = 0; j < m.N; ++j) top.offer(uint32_t(j), scores[j]);
+    std::vector<uint32_t> c(m.cfg.L);
+    m.hasher.hash_batch(q.data(), 1, m.ld, c.data(), &w.hash_scratch);
+    m.tables.query(c.data(), &w.qr);
+    for (const Scored& t : top.items) found[i] += (t.label < w.qr.slot.size() && w.qr.slot[t.label]) ? 1 : 0;
+    retrieved[i] = double(w.qr.ids.size());
+    w.qr.clear();
+  });
+  double f = 0, n = 0;
+  for (size_t i = 0; i < rows; ++i) {
+    f += found[i];
+    n += retrieved[i];
+  }
+  *recall = f / double(rows * topk);
+  *mean_retrieved = n / double(rows);
   return Status();
 }
 

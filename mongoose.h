@@ -372,6 +372,16 @@ enum class InferMode {
   lsh,   // score only the neurons retrieved by the tables (needs an lsh model)
 };
 
+// When the sampled layer's tables are brought up to date (see Config).
+enum class Scheduler {
+  fixed,        // re-insert every neuron every rehash_every batches (SLIDE)
+  detect,       // every check_every batches, measure how many change-detector bits flipped since
+                // the last build; rebuild everything when the fraction exceeds tau
+  incremental,  // every check_every batches, re-insert only the neurons whose detector code
+                // changed (or that drifted more than drift_epsilon); rebuild all when more than
+                // full_rebuild_fraction of them did
+};
+
 // Training progress, passed to Config::on_progress after every batch.
 struct Progress {
   uint64_t epoch = 0;             // 0-based epoch being trained
@@ -402,11 +412,30 @@ struct Config {
   // An example's active set is the batch's shared set (every label of the batch's examples, plus
   // random neurons drawn once per batch until it has min_active) and the neurons its LSH query
   // retrieves. The shared set is scored with dense GEMMs, the retrieved ones by gathering rows.
+  // With min_active >= labels every neuron is always active: exact softmax, no tables kept.
   uint32_t min_active = 1000;
   uint32_t max_active = 0;        // 0 = no cap; else keep the max_active most-hit retrieved neurons
   uint32_t rehash_every = 50;     // re-insert all neurons every this many batches (0 = never)
   float rehash_decay = 0.0f;      // > 0: the period grows by exp(decay * rehashes) (SLIDE paper)
   uint32_t new_hash_every = 0;    // draw new hash functions every this many batches (0 = never)
+
+  // MONGOOSE scheduler: when to bring the tables up to date with the weights.
+  Scheduler scheduler = Scheduler::fixed;
+  uint32_t check_every = 25;      // detect/incremental: batches between checks, >= 1
+  uint32_t detector_bits = 16;    // bits of the change detector's SimHash per neuron, 1..24
+  float tau = 0.05f;              // detect: full rebuild when this fraction of detector bits flipped
+  float full_rebuild_fraction = 0.3f;  // incremental: full rebuild when more neurons changed
+  // incremental: also re-insert neurons whose [w, b] moved by more than this fraction of its
+  // norm at insertion (relative L2 change); 0 = off. Keeps a copy of the output weights.
+  float drift_epsilon = 0.1f;
+
+  // Learned hash functions (SimHash only): trained on what the tables get wrong, then swapped in.
+  bool learn_hash = false;
+  uint32_t learn_every = 0;       // batches between learning rounds; 0 = at every full rebuild
+  uint32_t learn_queries = 16;    // queries of the current batch mined per round, >= 1
+  uint32_t hash_steps = 20;       // Adam steps on the projection per round, 1..10000
+  float hash_lr = 0.01f;          // Adam step size for the projection, (0, 1]
+  bool hash_binarize = false;     // use sign(P) (+-1 projections) instead of the learned values
 
   // Called after every batch; return false to stop training (train_epoch then returns ok).
   std::function<bool(const Progress&)> on_progress;
@@ -437,6 +466,18 @@ struct TrainStats {
   double rehash_seconds = 0;     // re-inserting neurons into the tables (lsh)
   uint64_t rehashes = 0;         // full table rebuilds
   uint64_t new_hash_functions = 0;
+  // Scheduler.
+  uint64_t checks = 0;           // change-detector checks
+  uint64_t reinserted = 0;       // neurons re-inserted one by one (incremental)
+  double detect_seconds = 0;     // computing detector codes
+  double reinsert_seconds = 0;   // incremental re-insertions
+  double last_flip_fraction = 0; // detector bits flipped at the last check
+  // Hash learning.
+  uint64_t learn_rounds = 0;
+  uint64_t pairs_mined = 0;      // positive + negative pairs, all rounds
+  double learn_seconds = 0;
+  double learn_loss_before = 0, learn_loss_after = 0;      // last round, mean BCE per pair
+  double recall_before_sum = 0, recall_after_sum = 0;      // top-5 retrieval recall, summed over rounds
   double active_sum = 0;         // sum over examples of the active-set size (lsh)
   double active_mean() const { return examples ? active_sum / double(examples) : 0.0; }
 };
@@ -478,6 +519,12 @@ class Model {
                  std::vector<Scored>* out) const;
 
   const TrainStats& stats() const;
+
+  // Top-k retrieval recall of the tables (lsh models): over up to max_rows rows of `data` spread
+  // evenly over the file, the fraction of each row's k best-scoring neurons (exact scores) that
+  // its LSH query retrieves, and the mean number retrieved.
+  Status retrieval_recall(const Dataset& data, size_t max_rows, size_t k, double* recall,
+                          double* mean_retrieved) const;
   size_t parameter_bytes() const;  // weights + optimizer state + index
 
   // Read-only view of the weights, valid until the next call that trains or loads. W1 is

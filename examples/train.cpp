@@ -29,6 +29,7 @@ struct Options {
   bool normalize = false;
   std::string infer = "full";
   bool eval_every_epoch = true;
+  bool mongoose_mode = false;  // --output mongoose: lsh + scheduler + learned hashing
   mongoose::Config cfg;
 };
 
@@ -45,7 +46,8 @@ void usage(FILE* out) {
                "  --log FILE          CSV per epoch: epoch,seconds,loss,p@1,p@3,p@5\n"
                "  --normalize on|off  scale each input row to unit L2 norm (off)\n"
                "  --eval-every-epoch on|off  evaluate after each epoch (on; the last epoch always)\n"
-               "  --output full|lsh   output layer (full)\n"
+               "  --output full|lsh|mongoose  output layer (full); mongoose = lsh with the\n"
+               "                      incremental scheduler and learned hashing on\n"
                "  --hash simhash|dwta hash family for lsh (simhash)\n"
                "  --K N --L N         bits per table, tables (6, 50)\n"
                "  --bucket-capacity N ids per bucket (128)\n"
@@ -54,6 +56,15 @@ void usage(FILE* out) {
                "  --rehash-every N    re-insert all neurons every N batches, 0 = never (50)\n"
                "  --rehash-decay X    period grows by exp(X * rehashes) (0)\n"
                "  --new-hash-every N  new hash functions every N batches, 0 = never (0)\n"
+               "  --scheduler fixed|detect|incremental  when to update the tables (fixed)\n"
+               "  --tau X             detect: rebuild when this fraction of detector bits flipped (0.05)\n"
+               "  --check-every N     detect/incremental: batches between checks (25)\n"
+               "  --detector-bits N   change-detector bits per neuron (16)\n"
+               "  --learn-hash on|off learned hash functions (off)\n"
+               "  --learn-every N     batches between learning rounds, 0 = at each rebuild (0)\n"
+               "  --hash-lr X         learning rate of the projection (0.01)\n"
+               "  --hash-steps N      Adam steps per learning round (20)\n"
+               "  --binarize on|off   use sign(learned projection) (off)\n"
                "  --infer full|lsh    inference mode for the final evaluation (full)\n"
                "  --scalar            force the portable scalar kernels\n");
 }
@@ -105,9 +116,15 @@ std::string parse_args(int argc, char** argv, Options* o) {
     else if (a == "--normalize") { if (!onoff(&o->normalize)) return bad("on or off"); }
     else if (a == "--eval-every-epoch") { if (!onoff(&o->eval_every_epoch)) return bad("on or off"); }
     else if (a == "--output") {
+      o->mongoose_mode = false;
       if (v == "full") o->cfg.output = mongoose::OutputMode::full;
       else if (v == "lsh") o->cfg.output = mongoose::OutputMode::lsh;
-      else return bad("full or lsh");
+      else if (v == "mongoose") {
+        o->cfg.output = mongoose::OutputMode::lsh;
+        o->cfg.scheduler = mongoose::Scheduler::incremental;
+        o->cfg.learn_hash = true;
+        o->mongoose_mode = true;
+      } else return bad("full, lsh or mongoose");
     } else if (a == "--hash") {
       if (v == "simhash") o->cfg.hash = mongoose::HashFamily::simhash;
       else if (v == "dwta") o->cfg.hash = mongoose::HashFamily::dwta;
@@ -120,6 +137,19 @@ std::string parse_args(int argc, char** argv, Options* o) {
     else if (a == "--rehash-every") { if (!num(0, 4e9)) return bad("a count"); o->cfg.rehash_every = uint32_t(x); }
     else if (a == "--rehash-decay") { if (!num(0, 1)) return bad("0..1"); o->cfg.rehash_decay = float(x); }
     else if (a == "--new-hash-every") { if (!num(0, 4e9)) return bad("a count"); o->cfg.new_hash_every = uint32_t(x); }
+    else if (a == "--scheduler") {
+      if (v == "fixed") o->cfg.scheduler = mongoose::Scheduler::fixed;
+      else if (v == "detect") o->cfg.scheduler = mongoose::Scheduler::detect;
+      else if (v == "incremental") o->cfg.scheduler = mongoose::Scheduler::incremental;
+      else return bad("fixed, detect or incremental");
+    } else if (a == "--tau") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.tau = float(x); }
+    else if (a == "--check-every") { if (!num(1, 4e9)) return bad("a count >= 1"); o->cfg.check_every = uint32_t(x); }
+    else if (a == "--detector-bits") { if (!num(1, 32)) return bad("1..32"); o->cfg.detector_bits = uint32_t(x); }
+    else if (a == "--learn-hash") { if (!onoff(&o->cfg.learn_hash)) return bad("on or off"); }
+    else if (a == "--learn-every") { if (!num(0, 4e9)) return bad("a count"); o->cfg.learn_every = uint32_t(x); }
+    else if (a == "--hash-lr") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.hash_lr = float(x); }
+    else if (a == "--hash-steps") { if (!num(1, 10000)) return bad("1..10000"); o->cfg.hash_steps = uint32_t(x); }
+    else if (a == "--binarize") { if (!onoff(&o->cfg.hash_binarize)) return bad("on or off"); }
     else if (a == "--infer") {
       if (v != "full" && v != "lsh") return bad("full or lsh");
       o->infer = v;
@@ -223,7 +253,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const mongoose::TrainStats& s = model.stats();
-  std::string line = "result mode=" + std::string(o.cfg.output == mongoose::OutputMode::lsh ? "lsh" : "full");
+  std::string line = "result mode=" + std::string(o.mongoose_mode ? "mongoose" : o.cfg.output == mongoose::OutputMode::lsh ? "lsh" : "full");
   char buf[512];
   std::snprintf(buf, sizeof buf,
                 " epochs=%d train_seconds=%.3f examples_per_second=%.1f p@1=%.4f p@3=%.4f p@5=%.4f peak_rss_mb=%.1f",
@@ -234,6 +264,23 @@ int main(int argc, char** argv) {
     std::snprintf(buf, sizeof buf, " active_mean=%.1f rehashes=%llu rehash_seconds=%.3f", s.active_mean(),
                   (unsigned long long)s.rehashes, s.rehash_seconds);
     line += buf;
+    double recall = 0, retrieved = 0;
+    st = model.retrieval_recall(test, 1000, 5, &recall, &retrieved);
+    if (!st.ok()) {
+      std::fprintf(stderr, "mongoose-train: %s\n", st.message().c_str());
+      return 1;
+    }
+    std::snprintf(buf, sizeof buf,
+                  " rebuilds=%llu reinserted=%llu schedule_seconds=%.3f learn_seconds=%.3f recall_top5=%.4f"
+                  " retrieved_mean=%.1f checks=%llu learn_rounds=%llu",
+                  (unsigned long long)s.rehashes, (unsigned long long)s.reinserted,
+                  s.rehash_seconds + s.detect_seconds + s.reinsert_seconds, s.learn_seconds, recall, retrieved,
+                  (unsigned long long)s.checks, (unsigned long long)s.learn_rounds);
+    line += buf;
+    if (s.learn_rounds)
+      std::snprintf(buf, sizeof buf, " learn_recall_before=%.4f learn_recall_after=%.4f learn_loss_before=%.4f learn_loss_after=%.4f",
+                    s.recall_before_sum / double(s.learn_rounds), s.recall_after_sum / double(s.learn_rounds),
+                    s.learn_loss_before, s.learn_loss_after), line += buf;
   }
   std::snprintf(buf, sizeof buf,
                 " split_hidden=%.3f split_hash=%.3f split_query=%.3f split_fwdbwd=%.3f split_update=%.3f",
