@@ -2144,7 +2144,9 @@ struct Model::Impl {
   template <class Pair>
   void train_projection(const Pair* pairs, size_t n, const std::vector<float>& qs) {
     const size_t dim = H + 2, bits = size_t(cfg.K) * cfg.L;
-    std::vector<float> P = hasher.projection(), M(P.size(), 0.0f), V(P.size(), 0.0f), G(P.size());
+    const size_t np = size_t(dim) * bits;
+    std::vector<float> P(hasher.projection().begin(), hasher.projection().end());
+    std::vector<float> M(np, 0.0f), V(np, 0.0f), G(np, 0.0f);
     // Pair inputs: Xq (n x dim) the queries [h, 1, 0], Xw (n x dim) the MIPS items.
     std::vector<float> Xq(n * dim), Xw;
     std::vector<uint32_t> ids(n);
