@@ -2072,6 +2072,7 @@ struct Model::Impl {
       for (size_t j = 0; j < N; ++j) top.offer(uint32_t(j), s[j]);
       hasher.hash_batch(qs + i * ld, 1, ld, c.data(), &w.hash_scratch);
       tables.query(c.data(), &w.qr);
+      if (cfg.max_active && w.qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&w.qr, cfg.max_active);
       for (const Scored& t : top.items) found += (t.label < w.qr.slot.size() && w.qr.slot[t.label]) ? 1 : 0;
       w.qr.clear();
     }
@@ -2454,6 +2455,9 @@ Status Model::train_epoch(const Dataset& data) {
     p.mean_loss = loss_sum / double(p.batch);
     if (m.cfg.on_progress && !m.cfg.on_progress(p)) break;
   }
+  // With every neuron active the tables are not kept during training; bring them up to date once
+  // per epoch so that InferMode::lsh and retrieval_recall still answer from current weights.
+  if (m.cfg.output == OutputMode::lsh && m.all_active()) m.rebuild_tables();
   ++m.epoch;
   ++m.stats.epochs;
   m.stats.mean_loss_last_epoch = p.batch ? loss_sum / double(p.batch) : 0.0;
@@ -2548,6 +2552,7 @@ Status Model::retrieval_recall(const Dataset& data, size_t max_rows, size_t topk
     std::vector<uint32_t> c(m.cfg.L);
     m.hasher.hash_batch(q.data(), 1, m.ld, c.data(), &w.hash_scratch);
     m.tables.query(c.data(), &w.qr);
+    if (m.cfg.max_active && w.qr.ids.size() > m.cfg.max_active) HashTables::keep_top_hits(&w.qr, m.cfg.max_active);
     for (const Scored& t : top.items) found[i] += (t.label < w.qr.slot.size() && w.qr.slot[t.label]) ? 1 : 0;
     retrieved[i] = double(w.qr.ids.size());
     w.qr.clear();

@@ -405,16 +405,17 @@ struct Config {
 
   // LSH output layer (output == lsh).
   HashFamily hash = HashFamily::simhash;
-  uint32_t K = 6, L = 50;         // bits per table, tables
+  uint32_t K = 8, L = 20;         // bits per table, tables (measured on citeulike-t; README)
   float hash_density = 1.0f;      // SimHash projection density (see HashConfig)
   uint32_t bucket_capacity = 128;
   BucketPolicy bucket_policy = BucketPolicy::reservoir;
   // An example's active set is the batch's shared set (every label of the batch's examples, plus
   // random neurons drawn once per batch until it has min_active) and the neurons its LSH query
   // retrieves. The shared set is scored with dense GEMMs, the retrieved ones by gathering rows.
-  // With min_active >= labels every neuron is always active: exact softmax, no tables kept.
-  uint32_t min_active = 1000;
-  uint32_t max_active = 0;        // 0 = no cap; else keep the max_active most-hit retrieved neurons
+  // With min_active >= labels every neuron is always active: exact softmax; the tables are then
+  // rebuilt once per epoch only (for InferMode::lsh), not maintained during training.
+  uint32_t min_active = 256;
+  uint32_t max_active = 64;       // 0 = no cap; else keep the max_active most-hit retrieved neurons
   uint32_t rehash_every = 50;     // re-insert all neurons every this many batches (0 = never)
   float rehash_decay = 0.0f;      // > 0: the period grows by exp(decay * rehashes) (SLIDE paper)
   uint32_t new_hash_every = 0;    // draw new hash functions every this many batches (0 = never)
@@ -464,7 +465,7 @@ struct TrainStats {
   double forward_backward_seconds = 0;
   double update_seconds = 0;     // gradient merge and Adam (both layers)
   double rehash_seconds = 0;     // re-inserting neurons into the tables (lsh)
-  uint64_t rehashes = 0;         // full table rebuilds
+  uint64_t rehashes = 0;         // full table rebuilds (including those ending a learning round)
   uint64_t new_hash_functions = 0;
   // Scheduler.
   uint64_t checks = 0;           // change-detector checks
@@ -476,7 +477,8 @@ struct TrainStats {
   uint64_t learn_rounds = 0;
   uint64_t pairs_mined = 0;      // positive + negative pairs, all rounds
   double learn_seconds = 0;
-  double learn_loss_before = 0, learn_loss_after = 0;      // last round, mean BCE per pair
+  double learn_loss_before = 0, learn_loss_after = 0;      // last round: BCE summed over the L
+                                                           // tables, mean over pairs
   double recall_before_sum = 0, recall_after_sum = 0;      // top-5 retrieval recall, summed over rounds
   double active_sum = 0;         // sum over examples of the active-set size (lsh)
   double active_mean() const { return examples ? active_sum / double(examples) : 0.0; }
@@ -522,7 +524,7 @@ class Model {
 
   // Top-k retrieval recall of the tables (lsh models): over up to max_rows rows of `data` spread
   // evenly over the file, the fraction of each row's k best-scoring neurons (exact scores) that
-  // its LSH query retrieves, and the mean number retrieved.
+  // its LSH query retrieves (after the max_active cap, as in training), and the mean number kept.
   Status retrieval_recall(const Dataset& data, size_t max_rows, size_t k, double* recall,
                           double* mean_retrieved) const;
   size_t parameter_bytes() const;  // weights + optimizer state + index
