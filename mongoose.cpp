@@ -7,6 +7,7 @@
 // [SECTION] Hashing
 // [SECTION] Hash tables
 // [SECTION] Model
+// [SECTION] Model I/O
 
 #include "mongoose.h"
 
@@ -2609,6 +2610,403 @@ size_t Model::parameter_bytes() const {
   const Impl& m = *impl_;
   size_t floats = m.W1.size() * 3 + m.b1.size() * 3 + m.W2.size() * 3;
   return floats * sizeof(float) + m.tables.bytes_used() + m.item_codes.size() * sizeof(uint32_t);
+}
+
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Model I/O
+//-----------------------------------------------------------------------------------------------
+
+namespace {
+
+struct Crc32cTable {
+  uint32_t t[256];
+  constexpr Crc32cTable() : t() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[i] = c;
+    }
+  }
+};
+constexpr Crc32cTable kCrc32c{};
+
+constexpr uint32_t kFormatVersion = 1;
+constexpr char kMagic[8] = {'M', 'O', 'N', 'G', 'O', 'O', 'S', 'E'};
+
+bool host_is_little_endian() {
+  const uint32_t one = 1;
+  unsigned char b;
+  std::memcpy(&b, &one, 1);
+  return b == 1;
+}
+
+// Little-endian encoding of scalars into a byte string (the CONF section).
+struct Bytes {
+  std::string b;
+  void u32(uint32_t v) { for (int i = 0; i < 4; ++i) b += char((v >> (8 * i)) & 0xFF); }
+  void u64(uint64_t v) { for (int i = 0; i < 8; ++i) b += char((v >> (8 * i)) & 0xFF); }
+  void f32(float f) { uint32_t v; std::memcpy(&v, &f, 4); u32(v); }
+};
+
+struct BytesReader {
+  const unsigned char* p;
+  size_t n, pos = 0;
+  uint32_t u32() { uint32_t v = 0; for (int i = 0; i < 4; ++i) v |= uint32_t(p[pos + i]) << (8 * i); pos += 4; return v; }
+  uint64_t u64() { uint64_t v = 0; for (int i = 0; i < 8; ++i) v |= uint64_t(p[pos + i]) << (8 * i); pos += 8; return v; }
+  float f32() { uint32_t v = u32(); float f; std::memcpy(&f, &v, 4); return f; }
+};
+
+// Writes sections to a FILE, each with its CRC-32C.
+class SectionWriter {
+ public:
+  explicit SectionWriter(std::FILE* f) : f_(f) {}
+  bool ok() const { return ok_; }
+  void raw(const void* p, size_t n) { ok_ = ok_ && std::fwrite(p, 1, n, f_) == n; }
+
+  void begin(const char tag[4], uint64_t length) {
+    unsigned char head[12];
+    std::memcpy(head, tag, 4);
+    for (int i = 0; i < 8; ++i) head[4 + i] = (unsigned char)((length >> (8 * i)) & 0xFF);
+    crc_ = crc32c(head, sizeof head);
+    raw(head, sizeof head);
+  }
+  void payload(const void* p, size_t n) {
+    crc_ = crc32c(p, n, crc_);
+    raw(p, n);
+  }
+  void floats(const float* v, size_t n) {
+    if (host_is_little_endian()) return payload(v, n * sizeof(float));
+    Bytes b;
+    for (size_t i = 0; i < n; ++i) b.f32(v[i]);
+    payload(b.b.data(), b.b.size());
+  }
+  void u32s(const uint32_t* v, size_t n) {
+    if (host_is_little_endian()) return payload(v, n * sizeof(uint32_t));
+    Bytes b;
+    for (size_t i = 0; i < n; ++i) b.u32(v[i]);
+    payload(b.b.data(), b.b.size());
+  }
+  void end() {
+    Bytes b;
+    b.u32(crc_);
+    raw(b.b.data(), 4);
+  }
+
+ private:
+  std::FILE* f_;
+  bool ok_ = true;
+  uint32_t crc_ = 0;
+};
+
+// The configuration and shapes, in a fixed order and width.
+std::string encode_conf(const Config& c, const Model::Impl& m);
+
+// Reads and checks sections; every size is checked against what is left of the file and the
+// memory budget before anything is allocated for it.
+class SectionReader {
+ public:
+  SectionReader(std::FILE* f, std::string name, uint64_t file_size, uint64_t budget)
+      : f_(f), name_(std::move(name)), file_size_(file_size), budget_(budget) {}
+
+  uint64_t offset() const { return offset_; }
+  Status fail(const std::string& what) const { return Status::error(strf("%s: byte %llu: ", name_.c_str(), (unsigned long long)offset_) + what); }
+
+  Status read_exact(void* p, size_t n, const char* what) {
+    if (uint64_t(n) > file_size_ - offset_) return fail(strf("file truncated in %s (needs %zu more bytes, %llu left)", what, n, (unsigned long long)(file_size_ - offset_)));
+    if (std::fread(p, 1, n, f_) != n) return fail(strf("read error in %s", what));
+    offset_ += n;
+    return Status();
+  }
+
+  // Reads the next section header; *length is checked against the file and the budget.
+  Status next(char tag[5], uint64_t* length) {
+    unsigned char head[12];
+    Status st = read_exact(head, sizeof head, "a section header");
+    if (!st.ok()) return st;
+    std::memcpy(tag, head, 4);
+    tag[4] = '\0';
+    for (int i = 0; i < 4; ++i)
+      if (tag[i] < 32 || tag[i] > 126) return fail("section tag is not ASCII (corrupted file?)");
+    uint64_t len = 0;
+    for (int i = 0; i < 8; ++i) len |= uint64_t(head[4 + i]) << (8 * i);
+    if (len > file_size_ - offset_ || file_size_ - offset_ - len < 4)
+      return fail(strf("section %s claims %llu bytes but only %llu remain (truncated or corrupted)", tag,
+                       (unsigned long long)len, (unsigned long long)(file_size_ - offset_)));
+    if (len > budget_) return fail(strf("section %s needs %llu bytes, over the memory limit of %llu", tag, (unsigned long long)len, (unsigned long long)budget_));
+    budget_ -= len;
+    crc_ = crc32c(head, sizeof head);
+    *length = len;
+    std::memcpy(tag_, tag, 5);
+    return Status();
+  }
+
+  Status payload(void* p, size_t n) {
+    Status st = read_exact(p, n, tag_);
+    if (st.ok()) crc_ = crc32c(p, n, crc_);
+    return st;
+  }
+  Status floats(std::vector<float>* v, size_t n) {
+    v->resize(n);
+    Status st = payload(v->data(), n * sizeof(float));
+    if (!st.ok()) return st;
+    if (!host_is_little_endian())
+      for (float& x : *v) { uint32_t u; std::memcpy(&u, &x, 4); u = __builtin_bswap32(u); std::memcpy(&x, &u, 4); }
+    for (size_t i = 0; i < n; ++i)
+      if (!std::isfinite((*v)[i])) return fail(strf("section %s: value %zu is not finite", tag_, i));
+    return Status();
+  }
+  Status u32s(std::vector<uint32_t>* v, size_t n) {
+    v->resize(n);
+    Status st = payload(v->data(), n * sizeof(uint32_t));
+    if (!st.ok()) return st;
+    if (!host_is_little_endian())
+      for (uint32_t& x : *v) x = __builtin_bswap32(x);
+    return Status();
+  }
+  Status check_crc() {
+    unsigned char b[4];
+    Status st = read_exact(b, 4, "a checksum");
+    if (!st.ok()) return st;
+    uint32_t stored = uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16 | uint32_t(b[3]) << 24;
+    if (stored != crc_) return fail(strf("section %s: checksum mismatch (stored %08x, computed %08x): the file is corrupted", tag_, stored, crc_));
+    return Status();
+  }
+
+ private:
+  std::FILE* f_;
+  std::string name_;
+  uint64_t file_size_, offset_ = 0, budget_;
+  uint32_t crc_ = 0;
+  char tag_[5] = {0};
+};
+
+constexpr size_t kConfBytes = 4 * 32 + 8 * 8;  // 32 four-byte fields, 8 eight-byte ones
+
+}  // namespace
+
+uint32_t crc32c(const void* data, size_t size, uint32_t crc) {
+  const unsigned char* p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < size; ++i) crc = kCrc32c.t[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+namespace {
+std::string encode_conf(const Config& c, const Model::Impl& m) {
+  Bytes b;
+  b.u32(c.hidden); b.u32(uint32_t(c.output)); b.f32(c.learning_rate); b.f32(c.beta1); b.f32(c.beta2);
+  b.f32(c.adam_eps); b.u32(c.batch_size); b.u32(c.threads); b.u64(c.seed); b.u32(uint32_t(c.simd));
+  b.u32(uint32_t(c.hash)); b.u32(c.K); b.u32(c.L); b.f32(c.hash_density); b.u32(c.bucket_capacity);
+  b.u32(uint32_t(c.bucket_policy)); b.u32(c.min_active); b.u32(c.max_active); b.u32(c.rehash_every);
+  b.f32(c.rehash_decay); b.u32(c.new_hash_every); b.u32(uint32_t(c.scheduler)); b.u32(c.check_every);
+  b.u32(c.detector_bits); b.f32(c.tau); b.f32(c.full_rebuild_fraction); b.f32(c.drift_epsilon);
+  b.u32(c.learn_hash); b.u32(c.learn_every); b.u32(c.learn_queries); b.u32(c.hash_steps); b.f32(c.hash_lr);
+  b.u32(c.hash_binarize);
+  b.u64(m.D); b.u64(m.N); b.u64(m.ld); b.u64(m.step); b.u64(m.epoch); b.u64(m.hash_generation);
+  b.u64(0);  // reserved
+  return b.b;
+}
+}  // namespace
+
+Status save_model(const Model& model, const std::string& path, const SaveOptions& options) {
+  if (!model.impl_) return Status::error("save_model: the model is not initialized");
+  const Model::Impl& m = *model.impl_;
+  const bool lsh = m.cfg.output == OutputMode::lsh;
+  std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) return Status::error(strf("%s: cannot create: %s", tmp.c_str(), std::strerror(errno)));
+  SectionWriter w(f);
+  Bytes head;
+  head.b.assign(kMagic, 8);
+  head.u32(kFormatVersion);
+  uint32_t sections = 5 + (lsh ? 2 : 0) + (options.optimizer_state ? 1 : 0);
+  head.u32(sections);
+  w.raw(head.b.data(), head.b.size());
+  std::string conf = encode_conf(m.cfg, m);
+  if (conf.size() != kConfBytes) {
+    std::fclose(f);
+    std::remove(tmp.c_str());
+    return Status::error("save_model: internal error: configuration encoding has the wrong size");
+  }
+  w.begin("CONF", conf.size()); w.payload(conf.data(), conf.size()); w.end();
+  w.begin("W1  ", m.W1.size() * 4); w.floats(m.W1.data(), m.W1.size()); w.end();
+  w.begin("B1  ", m.b1.size() * 4); w.floats(m.b1.data(), m.b1.size()); w.end();
+  w.begin("W2  ", m.W2.size() * 4); w.floats(m.W2.data(), m.W2.size()); w.end();
+  if (lsh) {
+    const std::vector<float>& P = m.hasher.projection();
+    w.begin("HASH", 4 + P.size() * 4);
+    Bytes nb;
+    nb.f32(m.mips_norm2);
+    w.payload(nb.b.data(), 4);
+    w.floats(P.data(), P.size());
+    w.end();
+    w.begin("CODE", m.item_codes.size() * 4); w.u32s(m.item_codes.data(), m.item_codes.size()); w.end();
+  }
+  if (options.optimizer_state) {
+    uint64_t n = (m.W1_m.size() * 2 + m.b1_m.size() * 2 + m.W2_m.size() * 2) * 4;
+    w.begin("ADAM", n);
+    for (const std::vector<float>* v : {&m.W1_m, &m.W1_v, &m.b1_m, &m.b1_v, &m.W2_m, &m.W2_v}) w.floats(v->data(), v->size());
+    w.end();
+  }
+  w.begin("END ", 0); w.end();
+  bool ok = w.ok();
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    std::remove(tmp.c_str());
+    return Status::error(strf("%s: write failed: %s", path.c_str(), std::strerror(err)));
+  }
+  return Status();
+}
+
+Status load_model(const std::string& path, Model* out, const LoadOptions& options) {
+  if (!out) return Status::error("load_model: out is null");
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return Status::error(strf("%s: cannot open: %s", path.c_str(), std::strerror(errno)));
+  struct Closer { std::FILE* f; ~Closer() { std::fclose(f); } } closer{f};
+  std::fseek(f, 0, SEEK_END);
+  long size = std::ftell(f);
+  std::fseek(f, 0, SEEK_SET);
+  if (size < 0) return Status::error(path + ": cannot determine the file size");
+  SectionReader r(f, base_name(path), uint64_t(size), options.max_bytes);
+  unsigned char head[16];
+  Status st = r.read_exact(head, 16, "the file header");
+  if (!st.ok()) return st;
+  if (std::memcmp(head, kMagic, 8) != 0) return Status::error(path + ": not a mongoose model (wrong magic number)");
+  BytesReader hr{head + 8, 8};
+  uint32_t version = hr.u32(), sections = hr.u32();
+  if (version != kFormatVersion) return Status::error(strf("%s: unknown format version %u (this library reads version %u)", path.c_str(), version, kFormatVersion));
+  if (sections < 5 || sections > 8) return Status::error(strf("%s: implausible section count %u", path.c_str(), sections));
+
+  auto expect = [&](const char* want, uint64_t want_len, uint64_t* got_len) -> Status {
+    char tag[5];
+    uint64_t len;
+    Status s2 = r.next(tag, &len);
+    if (!s2.ok()) return s2;
+    if (std::strcmp(tag, want) != 0) return r.fail(strf("expected section '%s', found '%s'", want, tag));
+    if (want_len != ~uint64_t(0) && len != want_len)
+      return r.fail(strf("section %s has %llu bytes, expected %llu for the shapes in CONF", want, (unsigned long long)len, (unsigned long long)want_len));
+    if (got_len) *got_len = len;
+    return Status();
+  };
+  // CONF
+  st = expect("CONF", kConfBytes, nullptr);
+  if (!st.ok()) return st;
+  std::vector<unsigned char> conf(kConfBytes);
+  st = r.payload(conf.data(), conf.size());
+  if (!st.ok()) return st;
+  st = r.check_crc();
+  if (!st.ok()) return st;
+  BytesReader b{conf.data(), conf.size()};
+  Config c;
+  c.hidden = b.u32(); c.output = OutputMode(b.u32()); c.learning_rate = b.f32(); c.beta1 = b.f32(); c.beta2 = b.f32();
+  c.adam_eps = b.f32(); c.batch_size = b.u32(); c.threads = b.u32(); c.seed = b.u64(); c.simd = Simd(b.u32());
+  c.hash = HashFamily(b.u32()); c.K = b.u32(); c.L = b.u32(); c.hash_density = b.f32(); c.bucket_capacity = b.u32();
+  c.bucket_policy = BucketPolicy(b.u32()); c.min_active = b.u32(); c.max_active = b.u32(); c.rehash_every = b.u32();
+  c.rehash_decay = b.f32(); c.new_hash_every = b.u32(); c.scheduler = Scheduler(b.u32()); c.check_every = b.u32();
+  c.detector_bits = b.u32(); c.tau = b.f32(); c.full_rebuild_fraction = b.f32(); c.drift_epsilon = b.f32();
+  c.learn_hash = b.u32() != 0; c.learn_every = b.u32(); c.learn_queries = b.u32(); c.hash_steps = b.u32(); c.hash_lr = b.f32();
+  c.hash_binarize = b.u32() != 0;
+  uint64_t D = b.u64(), N = b.u64(), ld = b.u64(), step = b.u64(), epoch = b.u64(), generation = b.u64();
+  if (uint32_t(c.simd) > 2) return r.fail("CONF: unknown SIMD setting");
+  if (options.override_training) {
+    const Config& o = *options.override_training;
+    c.learning_rate = o.learning_rate; c.beta1 = o.beta1; c.beta2 = o.beta2; c.adam_eps = o.adam_eps;
+    c.batch_size = o.batch_size; c.threads = o.threads; c.simd = o.simd; c.on_progress = o.on_progress;
+  }
+  st = validate(c);
+  if (!st.ok()) return r.fail("CONF: " + st.message());
+  if (D == 0 || D > 0xFFFFFFFFull || N == 0 || N > 0xFFFFFFFFull) return r.fail("CONF: feature or label count out of range");
+  if (ld != round_up(size_t(c.hidden) + 2, 8)) return r.fail("CONF: row stride does not match the hidden size");
+  if (options.expect_features && D != options.expect_features)
+    return Status::error(strf("%s: the model takes %llu features, the caller expects %zu", path.c_str(), (unsigned long long)D, options.expect_features));
+  if (options.expect_labels && N != options.expect_labels)
+    return Status::error(strf("%s: the model has %llu labels, the caller expects %zu", path.c_str(), (unsigned long long)N, options.expect_labels));
+  const bool lsh = c.output == OutputMode::lsh;
+  // Everything the shapes imply must fit in the file before anything is allocated for it.
+  const uint64_t H = c.hidden;
+  const uint64_t w1 = D * H * 4, b1 = H * 4, w2 = N * ld * 4;
+  const uint64_t hash_bytes = lsh ? 4 + (c.hash == HashFamily::simhash ? uint64_t(H + 2) * c.K * c.L * 4 : 0) : 0;
+  const uint64_t code_bytes = lsh ? N * c.L * 4 : 0;
+  if (w1 / 4 / H != D || w2 / 4 / ld != N || w1 + b1 + w2 + hash_bytes + code_bytes > uint64_t(size))
+    return r.fail(strf("CONF: shapes (%llu features, %llu hidden, %llu labels) need more bytes than the file has",
+                       (unsigned long long)D, (unsigned long long)H, (unsigned long long)N));
+  if (w1 + b1 + w2 > options.max_bytes)
+    return r.fail(strf("CONF: the weights need %llu bytes, over the memory limit of %zu", (unsigned long long)(w1 + b1 + w2), options.max_bytes));
+
+  Model fresh;
+  Config init_cfg = c;
+  st = fresh.init(init_cfg, size_t(D), size_t(N));
+  if (!st.ok()) return r.fail("CONF: " + st.message());
+  Model::Impl& m = *fresh.impl_;
+  auto section_floats = [&](const char* tag, std::vector<float>* v, uint64_t n) -> Status {
+    Status s2 = expect(tag, n * 4, nullptr);
+    if (s2.ok()) s2 = r.floats(v, size_t(n));
+    if (s2.ok()) s2 = r.check_crc();
+    return s2;
+  };
+  if (!(st = section_floats("W1  ", &m.W1, D * H)).ok()) return st;
+  if (!(st = section_floats("B1  ", &m.b1, H)).ok()) return st;
+  if (!(st = section_floats("W2  ", &m.W2, N * ld)).ok()) return st;
+  for (uint64_t j = 0; j < N; ++j)
+    for (uint64_t i = H + 1; i < ld; ++i)
+      if (m.W2[j * ld + i] != 0.0f) return r.fail("section W2: padding after a bias is not zero (corrupted file?)");
+  m.step = step;
+  m.epoch = epoch;
+  m.hash_generation = generation;
+  if (lsh) {
+    st = m.init_hashing();
+    if (!st.ok()) return r.fail("HASH: " + st.message());
+    st = expect("HASH", hash_bytes, nullptr);
+    if (!st.ok()) return st;
+    unsigned char nb[4];
+    if (!(st = r.payload(nb, 4)).ok()) return st;
+    BytesReader nr{nb, 4};
+    float norm2 = nr.f32();
+    std::vector<float> P;
+    if (!(st = r.floats(&P, size_t((hash_bytes - 4) / 4))).ok()) return st;
+    if (!(st = r.check_crc()).ok()) return st;
+    if (!std::isfinite(norm2) || norm2 < 0) return r.fail("section HASH: the MIPS norm is not a finite non-negative number");
+    if (c.hash == HashFamily::simhash) {
+      st = m.hasher.set_projection(P);
+      if (!st.ok()) return r.fail("section HASH: " + st.message());
+    }
+    st = expect("CODE", code_bytes, nullptr);
+    if (!st.ok()) return st;
+    if (!(st = r.u32s(&m.item_codes, size_t(N * c.L))).ok()) return st;
+    if (!(st = r.check_crc()).ok()) return st;
+    const uint32_t limit = 1u << c.K;
+    for (size_t i = 0; i < m.item_codes.size(); ++i)
+      if (m.item_codes[i] >= limit) return r.fail(strf("section CODE: code %u of neuron %zu is not below 2^K", m.item_codes[i], i / c.L));
+    m.mips_norm2 = norm2;
+    m.tables.build(m.item_codes.data(), size_t(N), m.threads());
+    if (c.scheduler != Scheduler::fixed) {
+      m.detector_codes_of_all(m.detector_codes);
+      if (c.drift_epsilon > 0)
+        for (size_t j = 0; j < N; ++j) std::memcpy(&m.inserted_rows[j * (H + 1)], &m.W2[j * ld], size_t(H + 1) * sizeof(float));
+    }
+  }
+  char tag[5];
+  uint64_t len;
+  if (!(st = r.next(tag, &len)).ok()) return st;
+  if (std::strcmp(tag, "ADAM") == 0) {
+    uint64_t want = (D * H * 2 + H * 2 + N * ld * 2) * 4;
+    if (len != want) return r.fail(strf("section ADAM has %llu bytes, expected %llu", (unsigned long long)len, (unsigned long long)want));
+    for (std::vector<float>* v : {&m.W1_m, &m.W1_v, &m.b1_m, &m.b1_v, &m.W2_m, &m.W2_v})
+      if (!(st = r.floats(v, v->size())).ok()) return st;
+    if (!(st = r.check_crc()).ok()) return st;
+    if (!(st = r.next(tag, &len)).ok()) return st;
+  }
+  if (std::strcmp(tag, "END ") != 0 || len != 0) return r.fail(strf("expected the END section, found '%s'", tag));
+  if (!(st = r.check_crc()).ok()) return st;
+  if (r.offset() != uint64_t(size)) return r.fail("trailing bytes after the END section");
+  m.stats = TrainStats();
+  m.stats.epochs = epoch;
+  m.next_rehash = 0;
+  m.schedule_next_rehash();
+  *out = std::move(fresh);
+  return Status();
 }
 
 }  // namespace mongoose

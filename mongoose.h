@@ -21,6 +21,7 @@
 // [SECTION] Hashing
 // [SECTION] Hash tables
 // [SECTION] Model
+// [SECTION] Model I/O
 //
 // Quick start:
 //   mongoose::Dataset train, test;
@@ -544,7 +545,48 @@ class Model {
 
  private:
   std::unique_ptr<Impl> impl_;
+  friend Status save_model(const Model&, const std::string&, const struct SaveOptions&);
+  friend Status load_model(const std::string&, Model*, const struct LoadOptions&);
 };
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Model I/O
+//-----------------------------------------------------------------------------------------------
+// File format (all integers and floats little-endian):
+//   "MONGOOSE" (8 bytes), format version (u32, currently 1), section count (u32), then sections:
+//   tag (4 ASCII bytes), payload length (u64), payload, CRC-32C (u32) of tag + length + payload.
+// Sections, in order: "CONF" (configuration, shapes, step counters), "W1  ", "B1  ", "W2  " (the
+// weights), "HASH" (SimHash projection, learned or not; lsh models), "CODE" (each neuron's table
+// codes, from which the tables are rebuilt; lsh models), "ADAM" (optimizer moments, optional),
+// "END " (empty). Unknown versions, tags, sizes or checksums are refused with a message naming
+// the file, the section and the byte offset.
+//
+// After load, full-mode predictions are bit-identical to the saved model's. The tables are rebuilt
+// from the saved codes: identical to the saved ones unless the incremental scheduler had updated
+// them in place since their last full build.
+
+struct SaveOptions {
+  bool optimizer_state = true;  // include Adam moments (needed to continue training exactly)
+};
+
+struct LoadOptions {
+  // Refuse files whose contents would need more memory than this (bytes), before allocating.
+  size_t max_bytes = size_t(8) << 30;
+  // When not 0, the file's feature / label counts must equal these.
+  size_t expect_features = 0, expect_labels = 0;
+  // Training settings (threads, learning rate, callbacks, ...) to use instead of the saved ones;
+  // the shape and index settings (hidden, output, hash, K, L, ...) always come from the file.
+  const Config* override_training = nullptr;
+};
+
+// Saves `model` to `path`: written to path + ".tmp", then renamed over path, so a crash never
+// leaves a half-written model where the old one was.
+Status save_model(const Model& model, const std::string& path, const SaveOptions& options = {});
+// Loads a model saved by save_model into *out. On any error *out is left exactly as it was.
+Status load_model(const std::string& path, Model* out, const LoadOptions& options = {});
+
+// CRC-32C (Castagnoli) of size bytes, continuing from crc (0 to start).
+uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
 
 }  // namespace mongoose
 

@@ -23,7 +23,7 @@
 namespace {
 
 struct Options {
-  std::string train, test, log;
+  std::string train, test, log, save, load;
   int epochs = 5;
   double time_limit = 0;  // seconds of training; 0 = none
   bool normalize = false;
@@ -66,6 +66,9 @@ void usage(FILE* out) {
                "  --hash-steps N      Adam steps per learning round (20)\n"
                "  --binarize on|off   use sign(learned projection) (off)\n"
                "  --infer full|lsh    inference mode for the final evaluation (full)\n"
+               "  --save FILE         save the trained model (atomically: FILE.tmp, then rename)\n"
+               "  --load FILE         start from a saved model (continue training, or --epochs 0 to\n"
+               "                      only evaluate); its shape and index settings win\n"
                "  --scalar            force the portable scalar kernels\n");
 }
 
@@ -106,6 +109,8 @@ std::string parse_args(int argc, char** argv, Options* o) {
     if (a == "--train") o->train = v;
     else if (a == "--test") o->test = v;
     else if (a == "--log") o->log = v;
+    else if (a == "--save") o->save = v;
+    else if (a == "--load") o->load = v;
     else if (a == "--hidden") { if (!num(1, 65536)) return bad("1..65536"); o->cfg.hidden = uint32_t(x); }
     else if (a == "--epochs") { if (!num(0, 1e6)) return bad("0..1000000"); o->epochs = int(x); }
     else if (a == "--batch") { if (!num(1, 65536)) return bad("1..65536"); o->cfg.batch_size = uint32_t(x); }
@@ -210,7 +215,19 @@ int main(int argc, char** argv) {
   };
 
   mongoose::Model model;
-  st = model.init(o.cfg, train.features, train.labels);
+  if (o.load.empty()) {
+    st = model.init(o.cfg, train.features, train.labels);
+  } else {
+    mongoose::LoadOptions lo;
+    lo.expect_features = train.features;
+    lo.expect_labels = train.labels;
+    lo.override_training = &o.cfg;
+    st = mongoose::load_model(o.load, &model, lo);
+    if (st.ok()) {
+      o.cfg = model.config();
+      o.mongoose_mode = o.mongoose_mode && o.cfg.output == mongoose::OutputMode::lsh;
+    }
+  }
   if (!st.ok()) {
     std::fprintf(stderr, "mongoose-train: %s\n", st.message().c_str());
     return 1;
@@ -248,6 +265,7 @@ int main(int argc, char** argv) {
   }
   if (st.ok() && !evaluated_last) st = model.evaluate(test, mongoose::InferMode::full, &m);
   if (log) std::fclose(log);
+  if (st.ok() && !o.save.empty()) st = mongoose::save_model(model, o.save);
   if (!st.ok()) {
     std::fprintf(stderr, "mongoose-train: %s\n", st.message().c_str());
     return 1;

@@ -1,0 +1,77 @@
+// mongoose-predict: loads a saved model and prints the top-k labels with their scores for every
+// row of an XC text file (the rows' labels, if any, are ignored).
+//
+//   c++ -O2 -std=c++17 -pthread examples/predict.cpp mongoose.cpp -o mongoose-predict
+//   ./mongoose-predict --model model.bin --input test.txt --k 5 [--infer full|lsh]
+//
+// Output: one line per row, "label:score label:score ...", best first.
+// Exit status: 0 on success, 1 on a model or data error, 2 on a usage error.
+
+#include "../mongoose.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+int main(int argc, char** argv) {
+  std::string model_path, input_path;
+  long k = 5;
+  mongoose::InferMode mode = mongoose::InferMode::full;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "mongoose-predict: missing value after %s\n", a.c_str());
+      return 2;
+    }
+    std::string v = argv[++i];
+    if (a == "--model") model_path = v;
+    else if (a == "--input") input_path = v;
+    else if (a == "--k") {
+      char* end = nullptr;
+      k = std::strtol(v.c_str(), &end, 10);
+      if (*end || k < 1 || k > 100000) {
+        std::fprintf(stderr, "mongoose-predict: bad value '%s' for --k (expected 1..100000)\n", v.c_str());
+        return 2;
+      }
+    } else if (a == "--infer") {
+      if (v == "full") mode = mongoose::InferMode::full;
+      else if (v == "lsh") mode = mongoose::InferMode::lsh;
+      else {
+        std::fprintf(stderr, "mongoose-predict: bad value '%s' for --infer (expected full or lsh)\n", v.c_str());
+        return 2;
+      }
+    } else {
+      std::fprintf(stderr, "mongoose-predict: unknown option %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (model_path.empty() || input_path.empty()) {
+    std::fprintf(stderr, "usage: mongoose-predict --model FILE --input FILE [--k 5] [--infer full|lsh]\n");
+    return 2;
+  }
+  mongoose::Model model;
+  mongoose::Status st = mongoose::load_model(model_path, &model);
+  mongoose::Dataset data;
+  if (st.ok()) st = mongoose::read_xc(input_path, &data);
+  if (st.ok() && data.features > model.features())
+    st = mongoose::Status::error(input_path + ": declares more features than the model takes");
+  std::vector<mongoose::Scored> top;
+  std::string line;
+  for (size_t r = 0; st.ok() && r < data.rows; ++r) {
+    mongoose::Dataset::Row row = data.row(r);
+    st = model.predict(row.ids, row.values, row.nnz, size_t(k), mode, &top);
+    line.clear();
+    char buf[64];
+    for (size_t i = 0; st.ok() && i < top.size(); ++i) {
+      std::snprintf(buf, sizeof buf, "%s%u:%.6g", i ? " " : "", top[i].label, double(top[i].score));
+      line += buf;
+    }
+    if (st.ok()) std::printf("%s\n", line.c_str());
+  }
+  if (!st.ok()) {
+    std::fprintf(stderr, "mongoose-predict: %s\n", st.message().c_str());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,2 @@
+// Model I/O tests (being written).
+#include <doctest/doctest.h>
