@@ -1652,6 +1652,9 @@ struct Model::Impl {
   std::vector<uint32_t> shared_pos;     // per neuron: 1 + position in S, or 0
   std::vector<float> shared_rows;       // S x ld: gathered rows of S
   std::vector<float> shared_logits;     // B x |S|: logits, then dL/dz
+  std::vector<float> shared_logq;       // |S|: log of each shared neuron's inclusion probability
+  std::vector<uint32_t> label_count;    // N: training examples seen with each label
+  uint64_t examples_counted = 0;
   uint64_t next_rehash = 0, next_new_hash = 0, hash_generation = 0;
 
   // Per-worker scratch.
@@ -1824,12 +1827,30 @@ struct Model::Impl {
       for (size_t i = 0; i < row.num_labels; ++i) add(row.labels[i]);
     }
     size_t want = std::min<size_t>(cfg.min_active, N);
+    size_t from_labels = shared_ids.size();
     if (want == N) {
       for (uint32_t j = 0; j < N; ++j) add(j);
-      return;
+    } else {
+      Rng rng(mix_seed(cfg.seed, 0x9AD5u, step));
+      while (shared_ids.size() < want) add(rng.below(uint32_t(N)));
     }
-    Rng rng(mix_seed(cfg.seed, 0x9AD5u, step));
-    while (shared_ids.size() < want) add(rng.below(uint32_t(N)));
+    if (!cfg.sampling_correction) return;
+    // Inclusion probability of each shared neuron in a batch: via some example's label (from the
+    // label frequencies seen so far, this batch included) or via the random padding.
+    if (label_count.size() < N) label_count.assign(N, 0);
+    for (size_t e = 0; e < B; ++e) {
+      Dataset::Row row = data.row(rows[e]);
+      for (size_t i = 0; i < row.num_labels; ++i) ++label_count[row.labels[i]];
+    }
+    examples_counted += B;
+    const double pad = double(shared_ids.size() - from_labels) / double(N - from_labels > 0 ? N - from_labels : 1);
+    shared_logq.resize(shared_ids.size());
+    for (size_t i = 0; i < shared_ids.size(); ++i) {
+      double f = double(label_count[shared_ids[i]]) / double(examples_counted);
+      double via_label = 1.0 - std::pow(1.0 - std::min(f, 1.0), double(B));
+      double q = 1.0 - (1.0 - via_label) * (1.0 - pad);
+      shared_logq[i] = float(std::log(std::max(q, 1e-12)));
+    }
   }
 
   // min_active >= N: every neuron is in the shared set, the tables are never needed.
@@ -1887,6 +1908,8 @@ struct Model::Impl {
         std::vector<float>& z = w.grad;
         if (z.size() < n) z.resize(n);
         std::memcpy(z.data(), zs, S * sizeof(float));
+        // Sampled-softmax correction: z_j - log Q_j (a constant shift per neuron: dL/dz is unchanged).
+        if (cfg.sampling_correction) k->axpy(-1.0f, shared_logq.data(), z.data(), S);
         k->row_scores(W2.data(), ld, retrieved.data(), retrieved.size(), queries.data() + e * ld, ld, nullptr, z.data() + S);
         losses[e] = softmax_loss(z.data(), n, data.row(rows[e]), scale, &shared_pos);
         std::memcpy(zs, z.data(), S * sizeof(float));
@@ -2804,7 +2827,7 @@ std::string encode_conf(const Config& c, const Model::Impl& m) {
   b.u32(c.learn_hash); b.u32(c.learn_every); b.u32(c.learn_queries); b.u32(c.hash_steps); b.f32(c.hash_lr);
   b.u32(c.hash_binarize);
   b.u64(m.D); b.u64(m.N); b.u64(m.ld); b.u64(m.step); b.u64(m.epoch); b.u64(m.hash_generation);
-  b.u64(0);  // reserved
+  b.u64(c.sampling_correction ? 1 : 0);  // flags: bit 0 = sampling_correction
   return b.b;
 }
 }  // namespace
@@ -2909,6 +2932,9 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   c.learn_hash = b.u32() != 0; c.learn_every = b.u32(); c.learn_queries = b.u32(); c.hash_steps = b.u32(); c.hash_lr = b.f32();
   c.hash_binarize = b.u32() != 0;
   uint64_t D = b.u64(), N = b.u64(), ld = b.u64(), step = b.u64(), epoch = b.u64(), generation = b.u64();
+  uint64_t flags = b.u64();
+  if (flags & ~uint64_t(1)) return r.fail("CONF: unknown flags (written by a newer version?)");
+  c.sampling_correction = (flags & 1) != 0;
   if (uint32_t(c.simd) > 2) return r.fail("CONF: unknown SIMD setting");
   if (options.override_training) {
     const Config& o = *options.override_training;

@@ -417,6 +417,10 @@ struct Config {
   // rebuilt once per epoch only (for InferMode::lsh), not maintained during training.
   uint32_t min_active = 256;
   uint32_t max_active = 64;       // 0 = no cap; else keep the max_active most-hit retrieved neurons
+  // Subtract log(inclusion probability) from the shared set's logits (the sampled-softmax
+  // correction): frequent labels are sampled as negatives more often than rare ones, which
+  // otherwise biases the model against them and makes it over-fit sooner.
+  bool sampling_correction = true;
   uint32_t rehash_every = 50;     // re-insert all neurons every this many batches (0 = never)
   float rehash_decay = 0.0f;      // > 0: the period grows by exp(decay * rehashes) (SLIDE paper)
   uint32_t new_hash_every = 0;    // draw new hash functions every this many batches (0 = never)

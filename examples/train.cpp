@@ -65,6 +65,7 @@ void usage(FILE* out) {
                "  --hash-lr X         learning rate of the projection (0.01)\n"
                "  --hash-steps N      Adam steps per learning round (20)\n"
                "  --binarize on|off   use sign(learned projection) (off)\n"
+               "  --sampling-correction on|off  subtract log(inclusion probability) from shared logits\n"
                "  --infer full|lsh    inference mode for the final evaluation (full)\n"
                "  --save FILE         save the trained model (atomically: FILE.tmp, then rename)\n"
                "  --load FILE         start from a saved model (continue training, or --epochs 0 to\n"
@@ -155,6 +156,7 @@ std::string parse_args(int argc, char** argv, Options* o) {
     else if (a == "--hash-lr") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.hash_lr = float(x); }
     else if (a == "--hash-steps") { if (!num(1, 10000)) return bad("1..10000"); o->cfg.hash_steps = uint32_t(x); }
     else if (a == "--binarize") { if (!onoff(&o->cfg.hash_binarize)) return bad("on or off"); }
+    else if (a == "--sampling-correction") { if (!onoff(&o->cfg.sampling_correction)) return bad("on or off"); }
     else if (a == "--infer") {
       if (v != "full" && v != "lsh") return bad("full or lsh");
       o->infer = v;
