@@ -2023,6 +2023,23 @@ struct Model::Impl {
   void check_index() {
     double t0 = now_seconds();
     ++stats.checks;
+    if (cfg.scheduler == Scheduler::detect && cfg.detector_sample && cfg.detector_sample < N) {
+      // Estimate the flipped fraction on a fresh random sample of neurons.
+      Rng rng(mix_seed(cfg.seed, 0xC4EC4u, stats.checks));
+      std::vector<uint32_t> sample(cfg.detector_sample);
+      for (uint32_t& j : sample) j = rng.below(uint32_t(N));
+      std::vector<float> rows_buf(sample.size() * (H + 1));
+      for (size_t i = 0; i < sample.size(); ++i)
+        std::memcpy(&rows_buf[i * (H + 1)], &W2[size_t(sample[i]) * ld], (H + 1) * sizeof(float));
+      std::vector<uint32_t> codes_now(sample.size());
+      detector.hash_batch(rows_buf.data(), sample.size(), H + 1, codes_now.data(), &workers[0].hash_scratch);
+      uint64_t flipped = 0;
+      for (size_t i = 0; i < sample.size(); ++i) flipped += uint64_t(popcount32(detector_codes[sample[i]] ^ codes_now[i]));
+      stats.last_flip_fraction = double(flipped) / (double(sample.size()) * cfg.detector_bits);
+      stats.detect_seconds += now_seconds() - t0;
+      if (stats.last_flip_fraction > cfg.tau) full_rebuild();
+      return;
+    }
     detector_codes_of_all(detector_new);
     uint64_t flipped = 0;
     std::vector<uint32_t> changed;
@@ -2827,7 +2844,8 @@ std::string encode_conf(const Config& c, const Model::Impl& m) {
   b.u32(c.learn_hash); b.u32(c.learn_every); b.u32(c.learn_queries); b.u32(c.hash_steps); b.f32(c.hash_lr);
   b.u32(c.hash_binarize);
   b.u64(m.D); b.u64(m.N); b.u64(m.ld); b.u64(m.step); b.u64(m.epoch); b.u64(m.hash_generation);
-  b.u64(c.sampling_correction ? 1 : 0);  // flags: bit 0 = sampling_correction
+  // bit 0: sampling_correction; bits 32..63: detector_sample
+  b.u64((c.sampling_correction ? 1 : 0) | uint64_t(c.detector_sample) << 32);
   return b.b;
 }
 }  // namespace
@@ -2933,8 +2951,9 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   c.hash_binarize = b.u32() != 0;
   uint64_t D = b.u64(), N = b.u64(), ld = b.u64(), step = b.u64(), epoch = b.u64(), generation = b.u64();
   uint64_t flags = b.u64();
-  if (flags & ~uint64_t(1)) return r.fail("CONF: unknown flags (written by a newer version?)");
+  if (flags & 0xFFFFFFFEull) return r.fail("CONF: unknown flags (written by a newer version?)");
   c.sampling_correction = (flags & 1) != 0;
+  c.detector_sample = uint32_t(flags >> 32);
   if (uint32_t(c.simd) > 2) return r.fail("CONF: unknown SIMD setting");
   if (options.override_training) {
     const Config& o = *options.override_training;

@@ -427,8 +427,10 @@ struct Config {
 
   // MONGOOSE scheduler: when to bring the tables up to date with the weights.
   Scheduler scheduler = Scheduler::fixed;
-  uint32_t check_every = 25;      // detect/incremental: batches between checks, >= 1
+  uint32_t check_every = 50;      // detect/incremental: batches between checks, >= 1
   uint32_t detector_bits = 16;    // bits of the change detector's SimHash per neuron, 1..24
+  uint32_t detector_sample = 4096; // detect: neurons sampled per check (0 = all); incremental
+                                   // always checks every neuron
   float tau = 0.05f;              // detect: full rebuild when this fraction of detector bits flipped
   float full_rebuild_fraction = 0.3f;  // incremental: full rebuild when more neurons changed
   // incremental: also re-insert neurons whose [w, b] moved by more than this fraction of its

@@ -19,7 +19,7 @@
 //   lsh-detect       output=lsh, scheduler=detect                 (rebuild when detector bits flip)
 //   lsh-incremental  output=lsh, scheduler=incremental            (re-insert only moved neurons)
 //   lsh-learned      output=lsh, scheduler=fixed, learn_hash=true (learn at every rebuild)
-//   mongoose         output=lsh, scheduler=incremental, learn_hash=true, learn_every=100
+//   mongoose         output=lsh, scheduler=detect, learn_hash=true, learn_every=0 (as mongoose-train --output mongoose)
 //
 // What it measures. After every epoch each model is evaluated on the whole test set with
 // InferMode::full (P@1, P@5); evaluation is not training time (train seconds come from
@@ -124,7 +124,7 @@ const VariantSpec kVariants[] = {
     {"lsh-detect", OutputMode::lsh, Scheduler::detect, false, 0},
     {"lsh-incremental", OutputMode::lsh, Scheduler::incremental, false, 0},
     {"lsh-learned", OutputMode::lsh, Scheduler::fixed, true, 0},
-    {"mongoose", OutputMode::lsh, Scheduler::incremental, true, 100},
+    {"mongoose", OutputMode::lsh, Scheduler::detect, true, 0},
 };
 const size_t kNumVariants = sizeof kVariants / sizeof kVariants[0];
 

@@ -47,7 +47,7 @@ void usage(FILE* out) {
                "  --normalize on|off  scale each input row to unit L2 norm (off)\n"
                "  --eval-every-epoch on|off  evaluate after each epoch (on; the last epoch always)\n"
                "  --output full|lsh|mongoose  output layer (full); mongoose = lsh with the\n"
-               "                      incremental scheduler and learned hashing on\n"
+               "                      detect scheduler and learned hashing on\n"
                "  --hash simhash|dwta hash family for lsh (simhash)\n"
                "  --K N --L N         bits per table, tables (6, 50)\n"
                "  --bucket-capacity N ids per bucket (128)\n"
@@ -58,7 +58,7 @@ void usage(FILE* out) {
                "  --new-hash-every N  new hash functions every N batches, 0 = never (0)\n"
                "  --scheduler fixed|detect|incremental  when to update the tables (fixed)\n"
                "  --tau X             detect: rebuild when this fraction of detector bits flipped (0.05)\n"
-               "  --check-every N     detect/incremental: batches between checks (25)\n"
+               "  --check-every N     detect/incremental: batches between checks (50)\n"
                "  --detector-bits N   change-detector bits per neuron (16)\n"
                "  --learn-hash on|off learned hash functions (off)\n"
                "  --learn-every N     batches between learning rounds, 0 = at each rebuild (0)\n"
@@ -127,8 +127,8 @@ std::string parse_args(int argc, char** argv, Options* o) {
       else if (v == "lsh") o->cfg.output = mongoose::OutputMode::lsh;
       else if (v == "mongoose") {
         o->cfg.output = mongoose::OutputMode::lsh;
-        o->cfg.scheduler = mongoose::Scheduler::incremental;
-        o->cfg.learn_hash = true;
+        o->cfg.scheduler = mongoose::Scheduler::detect;
+        o->cfg.learn_hash = true;  // a learning round at each rebuild the detector triggers
         o->mongoose_mode = true;
       } else return bad("full, lsh or mongoose");
     } else if (a == "--hash") {
