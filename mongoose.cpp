@@ -1550,6 +1550,10 @@ namespace {
 
 size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 
+// Largest input value or hidden activation training accepts: gradients stay below ~1e18, so their
+// squares (Adam's second moment) stay finite in float.
+constexpr float kMaxMagnitude = 1e18f;
+
 // Gradients of many rows, each a weighted sum of per-example vectors, grouped by row in example
 // order: row keys[i] gets sum over entries [offsets[i], offsets[i+1]) of weight * vector(example).
 struct GroupedGradient {
@@ -1655,6 +1659,19 @@ struct Model::Impl {
   std::vector<float> shared_logq;       // |S|: log of each shared neuron's inclusion probability
   std::vector<uint32_t> label_count;    // N: training examples seen with each label
   uint64_t examples_counted = 0;
+  std::vector<uint32_t> shortlist;      // the infer_shortlist most frequent labels (InferMode::lsh)
+
+  void refresh_shortlist() {
+    shortlist.clear();
+    if (label_count.size() < N || cfg.infer_shortlist == 0) return;
+    std::vector<uint32_t> order(N);
+    std::iota(order.begin(), order.end(), 0u);
+    size_t m = std::min<size_t>(cfg.infer_shortlist, N);
+    std::partial_sort(order.begin(), order.begin() + ptrdiff_t(m), order.end(), [&](uint32_t a, uint32_t b) {
+      return label_count[a] != label_count[b] ? label_count[a] > label_count[b] : a < b;
+    });
+    for (size_t i = 0; i < m && label_count[order[i]] > 0; ++i) shortlist.push_back(order[i]);
+  }
   uint64_t next_rehash = 0, next_new_hash = 0, hash_generation = 0;
 
   // Per-worker scratch.
@@ -1834,15 +1851,16 @@ struct Model::Impl {
       Rng rng(mix_seed(cfg.seed, 0x9AD5u, step));
       while (shared_ids.size() < want) add(rng.below(uint32_t(N)));
     }
-    if (!cfg.sampling_correction) return;
-    // Inclusion probability of each shared neuron in a batch: via some example's label (from the
-    // label frequencies seen so far, this batch included) or via the random padding.
+    // Label frequencies so far (this batch included): for the correction and the inference shortlist.
     if (label_count.size() < N) label_count.assign(N, 0);
     for (size_t e = 0; e < B; ++e) {
       Dataset::Row row = data.row(rows[e]);
       for (size_t i = 0; i < row.num_labels; ++i) ++label_count[row.labels[i]];
     }
     examples_counted += B;
+    if (!cfg.sampling_correction) return;
+    // Inclusion probability of each shared neuron in a batch: via some example's label or via the
+    // random padding.
     const double pad = double(shared_ids.size() - from_labels) / double(N - from_labels > 0 ? N - from_labels : 1);
     shared_logq.resize(shared_ids.size());
     for (size_t i = 0; i < shared_ids.size(); ++i) {
@@ -2317,11 +2335,28 @@ struct Model::Impl {
       if (loss_out) *loss_out = 0;
       return Status();
     }
+    // Magnitudes above kMaxMagnitude would make squared gradients overflow float in Adam; such a
+    // batch is refused before anything changes.
+    for (size_t e = 0; e < B; ++e) {
+      Dataset::Row row = data.row(rows[e]);
+      for (size_t i = 0; i < row.nnz; ++i)
+        if (!(std::fabs(row.values[i]) <= kMaxMagnitude))
+          return Status::error(strf("training refused: row %u, feature %u has value %g; values must be finite "
+                                    "with magnitude <= 1e18 (scale the inputs)", rows[e], row.ids[i], double(row.values[i])));
+    }
     ++step;
     AdamStep st = adam_step();
     double t0 = now_seconds();
     hidden_forward(data, rows, B);
     stats.hidden_seconds += now_seconds() - t0;
+    for (size_t e = 0; e < B; ++e)
+      for (size_t i = 0; i < H; ++i)
+        if (!(act[e * H + i] <= kMaxMagnitude)) {
+          --step;
+          return Status::error(strf("training refused at batch %llu: hidden unit %zu of row %u is %g, above 1e18 "
+                                    "(inputs too large or weights diverged); the model is unchanged",
+                                    (unsigned long long)(stats.batches + 1), i, rows[e], double(act[e * H + i])));
+        }
     if (cfg.output == OutputMode::full) {
       full_forward_backward(data, rows, B, labelled, st);
     } else {
@@ -2332,6 +2367,14 @@ struct Model::Impl {
     loss /= double(labelled);
     if (!std::isfinite(loss)) {
       --step;
+      if (cfg.output == OutputMode::lsh && label_count.size() == N && !shared_ids.empty()) {
+        // Undo this batch's label counts: a refused batch leaves no trace.
+        for (size_t e = 0; e < B; ++e) {
+          Dataset::Row row = data.row(rows[e]);
+          for (size_t i = 0; i < row.num_labels; ++i) --label_count[row.labels[i]];
+        }
+        examples_counted -= B;
+      }
       return Status::error(strf("training diverged at batch %llu: the loss is not finite (weights before this batch are kept%s)",
                                 (unsigned long long)(stats.batches + 1),
                                 cfg.output == OutputMode::full ? "; the output layer is kept as it was before the batch" : ""));
@@ -2376,6 +2419,13 @@ struct Model::Impl {
     std::vector<uint32_t> c(cfg.L);
     hasher.hash_batch(q, 1, ld, c.data(), &w.hash_scratch);
     tables.query(c.data(), &w.qr);
+    for (uint32_t j : shortlist) {
+      if (j >= w.qr.slot.size()) w.qr.slot.resize(size_t(j) + 1, 0);
+      if (w.qr.slot[j]) continue;
+      w.qr.ids.push_back(j);
+      w.qr.hits.push_back(0);
+      w.qr.slot[j] = uint32_t(w.qr.ids.size());
+    }
     if (scores.size() < w.qr.ids.size()) scores.resize(w.qr.ids.size());
     k->row_scores(W2.data(), ld, w.qr.ids.data(), w.qr.ids.size(), q, ld, nullptr, scores.data());
     for (size_t i = 0; i < w.qr.ids.size(); ++i) top.offer(w.qr.ids[i], scores[i]);
@@ -2499,6 +2549,7 @@ Status Model::train_epoch(const Dataset& data) {
   // With every neuron active the tables are not kept during training; bring them up to date once
   // per epoch so that InferMode::lsh and retrieval_recall still answer from current weights.
   if (m.cfg.output == OutputMode::lsh && m.all_active()) m.rebuild_tables();
+  if (m.cfg.output == OutputMode::lsh) m.refresh_shortlist();
   ++m.epoch;
   ++m.stats.epochs;
   m.stats.mean_loss_last_epoch = p.batch ? loss_sum / double(p.batch) : 0.0;
@@ -2821,7 +2872,7 @@ class SectionReader {
   char tag_[5] = {0};
 };
 
-constexpr size_t kConfBytes = 4 * 32 + 8 * 8;  // 32 four-byte fields, 8 eight-byte ones
+constexpr size_t kConfBytes = 4 * 33 + 8 * 8;  // 33 four-byte fields, 8 eight-byte ones
 
 }  // namespace
 
@@ -2846,6 +2897,7 @@ std::string encode_conf(const Config& c, const Model::Impl& m) {
   b.u64(m.D); b.u64(m.N); b.u64(m.ld); b.u64(m.step); b.u64(m.epoch); b.u64(m.hash_generation);
   // bit 0: sampling_correction; bits 32..63: detector_sample
   b.u64((c.sampling_correction ? 1 : 0) | uint64_t(c.detector_sample) << 32);
+  b.u32(c.infer_shortlist);
   return b.b;
 }
 }  // namespace
@@ -2861,7 +2913,7 @@ Status save_model(const Model& model, const std::string& path, const SaveOptions
   Bytes head;
   head.b.assign(kMagic, 8);
   head.u32(kFormatVersion);
-  uint32_t sections = 5 + (lsh ? 2 : 0) + (options.optimizer_state ? 1 : 0);
+  uint32_t sections = 5 + (lsh ? 3 : 0) + (options.optimizer_state ? 1 : 0);
   head.u32(sections);
   w.raw(head.b.data(), head.b.size());
   std::string conf = encode_conf(m.cfg, m);
@@ -2883,6 +2935,16 @@ Status save_model(const Model& model, const std::string& path, const SaveOptions
     w.floats(P.data(), P.size());
     w.end();
     w.begin("CODE", m.item_codes.size() * 4); w.u32s(m.item_codes.data(), m.item_codes.size()); w.end();
+    std::vector<uint32_t> counts = m.label_count;
+    counts.resize(m.N, 0);
+    Bytes ec;
+    ec.u64(m.examples_counted);
+    ec.u32(uint32_t(m.shortlist.size()));
+    w.begin("FREQ", 12 + counts.size() * 4 + m.shortlist.size() * 4);
+    w.payload(ec.b.data(), 12);
+    w.u32s(counts.data(), counts.size());
+    w.u32s(m.shortlist.data(), m.shortlist.size());
+    w.end();
   }
   if (options.optimizer_state) {
     uint64_t n = (m.W1_m.size() * 2 + m.b1_m.size() * 2 + m.W2_m.size() * 2) * 4;
@@ -2918,11 +2980,13 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   BytesReader hr{head + 8, 8};
   uint32_t version = hr.u32(), sections = hr.u32();
   if (version != kFormatVersion) return Status::error(strf("%s: unknown format version %u (this library reads version %u)", path.c_str(), version, kFormatVersion));
-  if (sections < 5 || sections > 8) return Status::error(strf("%s: implausible section count %u", path.c_str(), sections));
+  if (sections < 5 || sections > 9) return Status::error(strf("%s: implausible section count %u", path.c_str(), sections));
 
+  uint32_t sections_read = 0;
   auto expect = [&](const char* want, uint64_t want_len, uint64_t* got_len) -> Status {
     char tag[5];
     uint64_t len;
+    ++sections_read;
     Status s2 = r.next(tag, &len);
     if (!s2.ok()) return s2;
     if (std::strcmp(tag, want) != 0) return r.fail(strf("expected section '%s', found '%s'", want, tag));
@@ -2954,6 +3018,7 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   if (flags & 0xFFFFFFFEull) return r.fail("CONF: unknown flags (written by a newer version?)");
   c.sampling_correction = (flags & 1) != 0;
   c.detector_sample = uint32_t(flags >> 32);
+  c.infer_shortlist = b.u32();
   if (uint32_t(c.simd) > 2) return r.fail("CONF: unknown SIMD setting");
   if (options.override_training) {
     const Config& o = *options.override_training;
@@ -2974,7 +3039,8 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   const uint64_t w1 = D * H * 4, b1 = H * 4, w2 = N * ld * 4;
   const uint64_t hash_bytes = lsh ? 4 + (c.hash == HashFamily::simhash ? uint64_t(H + 2) * c.K * c.L * 4 : 0) : 0;
   const uint64_t code_bytes = lsh ? N * c.L * 4 : 0;
-  if (w1 / 4 / H != D || w2 / 4 / ld != N || w1 + b1 + w2 + hash_bytes + code_bytes > uint64_t(size))
+  const uint64_t freq_bytes = lsh ? 12 + N * 4 : 0;
+  if (w1 / 4 / H != D || w2 / 4 / ld != N || w1 + b1 + w2 + hash_bytes + code_bytes + freq_bytes > uint64_t(size))
     return r.fail(strf("CONF: shapes (%llu features, %llu hidden, %llu labels) need more bytes than the file has",
                        (unsigned long long)D, (unsigned long long)H, (unsigned long long)N));
   if (w1 + b1 + w2 > options.max_bytes)
@@ -3025,6 +3091,22 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
     for (size_t i = 0; i < m.item_codes.size(); ++i)
       if (m.item_codes[i] >= limit) return r.fail(strf("section CODE: code %u of neuron %zu is not below 2^K", m.item_codes[i], i / c.L));
     m.mips_norm2 = norm2;
+    uint64_t freq_len = 0;
+    st = expect("FREQ", ~uint64_t(0), &freq_len);
+    if (!st.ok()) return st;
+    if (freq_len < 12 + N * 4 || (freq_len - 12 - N * 4) % 4 != 0 || (freq_len - 12 - N * 4) / 4 > N)
+      return r.fail(strf("section FREQ has %llu bytes, which does not fit %llu labels", (unsigned long long)freq_len, (unsigned long long)N));
+    unsigned char eb[12];
+    if (!(st = r.payload(eb, 12)).ok()) return st;
+    BytesReader er{eb, 12};
+    m.examples_counted = er.u64();
+    uint32_t listed = er.u32();
+    if (uint64_t(listed) * 4 != freq_len - 12 - N * 4) return r.fail("section FREQ: the shortlist length does not match the section size");
+    if (!(st = r.u32s(&m.label_count, size_t(N))).ok()) return st;
+    if (!(st = r.u32s(&m.shortlist, listed)).ok()) return st;
+    if (!(st = r.check_crc()).ok()) return st;
+    for (uint32_t j : m.shortlist)
+      if (j >= N) return r.fail(strf("section FREQ: shortlist label %u out of range [0, %llu)", j, (unsigned long long)N));
     m.tables.build(m.item_codes.data(), size_t(N), m.threads());
     if (c.scheduler != Scheduler::fixed) {
       m.detector_codes_of_all(m.detector_codes);
@@ -3034,6 +3116,7 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   }
   char tag[5];
   uint64_t len;
+  ++sections_read;
   if (!(st = r.next(tag, &len)).ok()) return st;
   if (std::strcmp(tag, "ADAM") == 0) {
     uint64_t want = (D * H * 2 + H * 2 + N * ld * 2) * 4;
@@ -3041,11 +3124,14 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
     for (std::vector<float>* v : {&m.W1_m, &m.W1_v, &m.b1_m, &m.b1_v, &m.W2_m, &m.W2_v})
       if (!(st = r.floats(v, v->size())).ok()) return st;
     if (!(st = r.check_crc()).ok()) return st;
+    ++sections_read;
     if (!(st = r.next(tag, &len)).ok()) return st;
   }
   if (std::strcmp(tag, "END ") != 0 || len != 0) return r.fail(strf("expected the END section, found '%s'", tag));
   if (!(st = r.check_crc()).ok()) return st;
   if (r.offset() != uint64_t(size)) return r.fail("trailing bytes after the END section");
+  if (sections_read != sections)
+    return Status::error(strf("%s: the header declares %u sections but the file has %u (corrupted header)", path.c_str(), sections, sections_read));
   m.stats = TrainStats();
   m.stats.epochs = epoch;
   m.next_rehash = 0;

@@ -370,7 +370,7 @@ enum class OutputMode {
 
 enum class InferMode {
   full,  // score every label exactly
-  lsh,   // score only the neurons retrieved by the tables (needs an lsh model)
+  lsh,   // score only the retrieved neurons and the frequent-label shortlist (needs an lsh model)
 };
 
 // When the sampled layer's tables are brought up to date (see Config).
@@ -421,6 +421,9 @@ struct Config {
   // correction): frequent labels are sampled as negatives more often than rare ones, which
   // otherwise biases the model against them and makes it over-fit sooner.
   bool sampling_correction = true;
+  // InferMode::lsh scores the retrieved neurons and this many of the most frequent training labels
+  // (counted during training, kept in model files); 0 = retrieved neurons only.
+  uint32_t infer_shortlist = 1024;
   uint32_t rehash_every = 50;     // re-insert all neurons every this many batches (0 = never)
   float rehash_decay = 0.0f;      // > 0: the period grows by exp(decay * rehashes) (SLIDE paper)
   uint32_t new_hash_every = 0;    // draw new hash functions every this many batches (0 = never)
@@ -563,7 +566,9 @@ class Model {
 //   tag (4 ASCII bytes), payload length (u64), payload, CRC-32C (u32) of tag + length + payload.
 // Sections, in order: "CONF" (configuration, shapes, step counters), "W1  ", "B1  ", "W2  " (the
 // weights), "HASH" (SimHash projection, learned or not; lsh models), "CODE" (each neuron's table
-// codes, from which the tables are rebuilt; lsh models), "ADAM" (optimizer moments, optional),
+// codes, from which the tables are rebuilt; lsh models), "FREQ" (examples counted u64, shortlist
+// length u32, each label's training count u32, the shortlist's labels u32; lsh models), "ADAM"
+// (optimizer moments, optional),
 // "END " (empty). Unknown versions, tags, sizes or checksums are refused with a message naming
 // the file, the section and the byte offset.
 //
