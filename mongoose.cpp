@@ -754,8 +754,8 @@ class XcParser {
       // unterminated last line.
       size_t line = last_line_terminated_ ? line_ + 1 : line_;
       size_t col = last_line_terminated_ ? 1 : last_line_length_ + 1;
-      return Status::error(strf("%s:%zu:%zu: file ends after %zu rows but the header declares %zu",
-                                name_.c_str(), line, col, data_.rows, declared_rows_));
+      return Status::error(strf("%s:%zu:%zu: file ends after %zu row%s but the header declares %zu",
+                                name_.c_str(), line, col, data_.rows, data_.rows == 1 ? "" : "s", declared_rows_));
     }
     *out = std::move(data_);
     return Status();
@@ -783,6 +783,8 @@ class XcParser {
 
   Status parse_header(const char* p, const char* end) {
     line_start_ = p;
+    if (end - p >= 3 && std::memcmp(p, "\xEF\xBB\xBF", 3) == 0)
+      return fail(p, "the file starts with a UTF-8 byte-order mark (\\xef\\xbb\\xbf); save it without one");
     uint64_t vals[3];
     const char* field_start[3];
     const char* names[3] = {"row count", "feature count", "label count"};
@@ -883,8 +885,15 @@ class XcParser {
       if (num < vend && (*num == '+' || *num == '-') && num != vstart)
         return fail(vstart, strf("malformed value '%s' for feature %llu", printable(vstart, vend).c_str(), (unsigned long long)id));
       auto res = std::from_chars(num, vend, value);
-      if (res.ec == std::errc::result_out_of_range)
-        return fail(vstart, strf("value '%s' of feature %llu is out of float range", printable(vstart, vend).c_str(), (unsigned long long)id));
+      if (res.ec == std::errc::result_out_of_range) {
+        // Too small for a float is fine (it becomes 0 or a denormal); too large is an error.
+        double d = std::strtod(std::string(vstart, vend).c_str(), nullptr);
+        if (!(std::fabs(d) < 1.0))
+          return fail(vstart, strf("value '%s' of feature %llu is out of float range", printable(vstart, vend).c_str(), (unsigned long long)id));
+        value = float(d);
+        res.ec = std::errc();
+        res.ptr = vend;
+      }
       if (res.ec != std::errc() || res.ptr != vend) {
         const char* bad = res.ec != std::errc() ? vstart : res.ptr;
         return fail(bad, strf("malformed value '%s' for feature %llu", printable(vstart, vend).c_str(), (unsigned long long)id));
@@ -2753,7 +2762,9 @@ class SectionWriter {
  public:
   explicit SectionWriter(std::FILE* f) : f_(f) {}
   bool ok() const { return ok_; }
-  void raw(const void* p, size_t n) { ok_ = ok_ && std::fwrite(p, 1, n, f_) == n; }
+  void raw(const void* p, size_t n) {
+    if (n) ok_ = ok_ && std::fwrite(p, 1, n, f_) == n;
+  }
 
   void begin(const char tag[4], uint64_t length) {
     unsigned char head[12];
@@ -2763,6 +2774,7 @@ class SectionWriter {
     raw(head, sizeof head);
   }
   void payload(const void* p, size_t n) {
+    if (n == 0) return;
     crc_ = crc32c(p, n, crc_);
     raw(p, n);
   }
@@ -2798,7 +2810,7 @@ std::string encode_conf(const Config& c, const Model::Impl& m);
 class SectionReader {
  public:
   SectionReader(std::FILE* f, std::string name, uint64_t file_size, uint64_t budget)
-      : f_(f), name_(std::move(name)), file_size_(file_size), budget_(budget) {}
+      : f_(f), name_(std::move(name)), file_size_(file_size), budget_(budget), limit_(budget) {}
 
   uint64_t offset() const { return offset_; }
   Status fail(const std::string& what) const { return Status::error(strf("%s: byte %llu: ", name_.c_str(), (unsigned long long)offset_) + what); }
@@ -2824,7 +2836,9 @@ class SectionReader {
     if (len > file_size_ - offset_ || file_size_ - offset_ - len < 4)
       return fail(strf("section %s claims %llu bytes but only %llu remain (truncated or corrupted)", tag,
                        (unsigned long long)len, (unsigned long long)(file_size_ - offset_)));
-    if (len > budget_) return fail(strf("section %s needs %llu bytes, over the memory limit of %llu", tag, (unsigned long long)len, (unsigned long long)budget_));
+    if (len > budget_)
+      return fail(strf("section %s needs %llu bytes, which with the sections before it exceeds the memory limit of %llu",
+                       tag, (unsigned long long)len, (unsigned long long)limit_));
     budget_ -= len;
     crc_ = crc32c(head, sizeof head);
     *length = len;
@@ -2833,6 +2847,7 @@ class SectionReader {
   }
 
   Status payload(void* p, size_t n) {
+    if (n == 0) return Status();
     Status st = read_exact(p, n, tag_);
     if (st.ok()) crc_ = crc32c(p, n, crc_);
     return st;
@@ -2867,7 +2882,7 @@ class SectionReader {
  private:
   std::FILE* f_;
   std::string name_;
-  uint64_t file_size_, offset_ = 0, budget_;
+  uint64_t file_size_, offset_ = 0, budget_, limit_;
   uint32_t crc_ = 0;
   char tag_[5] = {0};
 };
@@ -2906,6 +2921,17 @@ Status save_model(const Model& model, const std::string& path, const SaveOptions
   if (!model.impl_) return Status::error("save_model: the model is not initialized");
   const Model::Impl& m = *model.impl_;
   const bool lsh = m.cfg.output == OutputMode::lsh;
+  // A file that load_model would refuse is never written.
+  const std::pair<const char*, const std::vector<float>*> arrays[] = {
+      {"W1", &m.W1}, {"b1", &m.b1}, {"W2", &m.W2}, {"W1 Adam m", &m.W1_m}, {"W1 Adam v", &m.W1_v},
+      {"b1 Adam m", &m.b1_m}, {"b1 Adam v", &m.b1_v}, {"W2 Adam m", &m.W2_m}, {"W2 Adam v", &m.W2_v}};
+  for (const auto& a : arrays) {
+    if (!options.optimizer_state && std::strstr(a.first, "Adam")) continue;
+    for (size_t i = 0; i < a.second->size(); ++i)
+      if (!std::isfinite((*a.second)[i]))
+        return Status::error(strf("save_model: %s: %s value %zu is not finite (training diverged); nothing was written",
+                                  path.c_str(), a.first, i));
+  }
   std::string tmp = path + ".tmp";
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) return Status::error(strf("%s: cannot create: %s", tmp.c_str(), std::strerror(errno)));
@@ -3043,8 +3069,12 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   if (w1 / 4 / H != D || w2 / 4 / ld != N || w1 + b1 + w2 + hash_bytes + code_bytes + freq_bytes > uint64_t(size))
     return r.fail(strf("CONF: shapes (%llu features, %llu hidden, %llu labels) need more bytes than the file has",
                        (unsigned long long)D, (unsigned long long)H, (unsigned long long)N));
-  if (w1 + b1 + w2 > options.max_bytes)
-    return r.fail(strf("CONF: the weights need %llu bytes, over the memory limit of %zu", (unsigned long long)(w1 + b1 + w2), options.max_bytes));
+  // What loading allocates: weights and their two Adam moments, the codes and counts, the tables
+  // (about one id per code) and the projection.
+  const uint64_t needed = 3 * (w1 + b1 + w2) + 2 * code_bytes + freq_bytes + hash_bytes;
+  if (needed > options.max_bytes)
+    return r.fail(strf("CONF: loading this model needs about %llu bytes, over the memory limit of %zu",
+                       (unsigned long long)needed, options.max_bytes));
 
   Model fresh;
   Config init_cfg = c;

@@ -365,7 +365,8 @@ class HashTables {
 
 enum class OutputMode {
   full,  // exact softmax over all N labels (the dense baseline)
-  lsh,   // softmax over the neurons the LSH tables retrieve (SLIDE)
+  lsh,   // softmax over a few neurons per example: the batch's shared set and the neurons the LSH
+         // tables retrieve for it (SLIDE-style; see Config::min_active)
 };
 
 enum class InferMode {
@@ -393,6 +394,12 @@ struct Progress {
 };
 
 // All options, with their defaults. Checked by Model::init; errors name the field and range.
+//
+// Optimizer semantics: Adam is lazy (row-sparse). A row's moments and weights change only in
+// batches that give it a gradient: input rows of the features present in the batch, output rows
+// that are active (every output row in full mode); the bias corrections use the global step
+// (batches trained). Batches run their examples in parallel; gradients are merged per row in a
+// fixed order, so results depend only on the seed and the thread count, bit for bit.
 struct Config {
   // Network and optimizer.
   uint32_t hidden = 128;          // hidden units, 1..65536
@@ -459,7 +466,7 @@ struct Metrics {
   double p_at_1 = 0, p_at_3 = 0, p_at_5 = 0;
   size_t rows = 0;
   double seconds = 0;            // wall time of the evaluation
-  double ms_per_example = 0;
+  double ms_per_example = 0;     // wall time x threads / rows: the cost of one example on one core
   double mean_candidates = 0;    // InferMode::lsh: neurons scored per example
 };
 
@@ -576,6 +583,9 @@ class Model {
 // from the saved codes: identical to the saved ones unless the incremental scheduler had updated
 // them in place since their last full build.
 
+// Continuing training after a load is exact for the full softmax. For lsh models the weights,
+// optimizer, hash functions and tables are restored, but the table-maintenance schedule (rehash
+// period, scheduler baselines, TrainStats counters) starts afresh.
 struct SaveOptions {
   bool optimizer_state = true;  // include Adam moments (needed to continue training exactly)
 };

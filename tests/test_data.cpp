@@ -717,3 +717,15 @@ TEST_CASE("data: header field columns, signs, escaping and end-of-file locations
   st = parse("3 5 2\n0 1:1\n1 2:1", &out);
   CHECK(st.message() == "t.txt:3:6: file ends after 2 rows but the header declares 3");
 }
+
+TEST_CASE("data: underflowing values become 0 or denormal; a BOM is named; one row is singular") {
+  Dataset out;
+  Status st = parse("1 5 2\n0 3:1e-50 4:-2e-40\n", &out);
+  REQUIRE_MESSAGE(st.ok(), st.message());
+  CHECK(out.feature_values[0] == 0.0f);
+  CHECK(out.feature_values[1] == doctest::Approx(-2e-40f));
+  st = parse("\xEF\xBB\xBF" "1 5 2\n0 3:1\n", &out);
+  CHECK(st.message() == "t.txt:1:1: the file starts with a UTF-8 byte-order mark (\\xef\\xbb\\xbf); save it without one");
+  st = parse("2 5 2\n0 3:1\n", &out);
+  CHECK(st.message() == "t.txt:3:1: file ends after 1 row but the header declares 2");
+}
