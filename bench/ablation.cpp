@@ -54,61 +54,26 @@
 // Exit status: 0 when every requested run that had its data succeeded (missing datasets are
 // skipped, not errors), 1 when a run failed, 2 on a usage error.
 
-#include "../mongoose.h"
-
-#include <sys/stat.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include "common.h"
 
 #include <algorithm>
-#include <cerrno>
-#include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 namespace {
 
-using mongoose::Config;
-using mongoose::Dataset;
-using mongoose::InferMode;
-using mongoose::Metrics;
-using mongoose::Model;
-using mongoose::OutputMode;
 using mongoose::Scheduler;
-using mongoose::Status;
-using mongoose::TrainStats;
 
-const double kNaN = std::nan("");
 const double kInf = std::numeric_limits<double>::infinity();
 
-double now_seconds() {
-  using clock = std::chrono::steady_clock;
-  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
-}
-
 //-----------------------------------------------------------------------------------------------
-// Datasets, variants, options
+// Variants, options
 //-----------------------------------------------------------------------------------------------
-
-struct DatasetSpec {
-  const char* name;  // as on the command line and in the output
-  const char* key;   // prefix in the result line
-  const char* folder;
-  const char* train_file;
-  const char* test_file;
-};
-
-const DatasetSpec kDatasets[] = {
-    {"citeulike-t", "citeulike", "citeulike-t", "citeulike-t_train.txt", "citeulike-t_test.txt"},
-    {"delicious", "delicious", "delicious", "delicious_train.txt", "delicious_test.txt"},
-};
 
 struct VariantSpec {
   const char* name;
@@ -126,91 +91,25 @@ const VariantSpec kVariants[] = {
     {"lsh-learned", OutputMode::lsh, Scheduler::fixed, true, 0},
     {"mongoose", OutputMode::lsh, Scheduler::detect, true, 0},
 };
-const size_t kNumVariants = sizeof kVariants / sizeof kVariants[0];
 
-struct Options {
-  std::string data = "../shared/data";
-  int epochs = 5;
-  uint32_t threads = 2;
-  std::vector<std::string> datasets{"citeulike-t", "delicious"};
+struct Options : BenchOptions {
   std::vector<std::string> variants;  // empty = all
 };
 
 void usage(FILE* out) {
+  print_common_usage(out, "bench-ablation");
   std::fprintf(out,
-               "usage: bench-ablation [options]\n"
-               "  --data DIR           folder with citeulike-t/ and delicious/ (../shared/data)\n"
-               "  --epochs E           training epochs per run, >= 1 (5)\n"
-               "  --threads T          worker threads, 0 = all cores (2)\n"
-               "  --datasets LIST      comma-separated subset of citeulike-t,delicious (both)\n"
                "  --variants LIST      comma-separated subset of full,lsh-fixed,lsh-detect,\n"
                "                       lsh-incremental,lsh-learned,mongoose (all)\n");
 }
 
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    size_t comma = s.find(',', start);
-    if (comma == std::string::npos) comma = s.size();
-    std::string item = s.substr(start, comma - start);
-    if (!item.empty() && std::find(out.begin(), out.end(), item) == out.end()) out.push_back(item);
-    start = comma + 1;
-  }
-  return out;
-}
-
-bool parse_int(const std::string& s, long lo, long hi, long* out) {
-  char* end = nullptr;
-  errno = 0;
-  long v = std::strtol(s.c_str(), &end, 10);
-  if (errno || end == s.c_str() || *end != '\0' || v < lo || v > hi) return false;
-  *out = v;
-  return true;
-}
-
 // Returns "" or an error message.
 std::string parse_args(int argc, char** argv, Options* o) {
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      usage(stdout);
-      std::exit(0);
-    }
-    if (i + 1 >= argc) return "missing value after " + a;
-    std::string v = argv[++i];
-    long x = 0;
-    if (a == "--data") {
-      o->data = v;
-    } else if (a == "--epochs") {
-      if (!parse_int(v, 1, 1000000, &x)) return "bad value '" + v + "' for --epochs (expected 1..1000000)";
-      o->epochs = int(x);
-    } else if (a == "--threads") {
-      if (!parse_int(v, 0, 1024, &x)) return "bad value '" + v + "' for --threads (expected 0..1024)";
-      o->threads = uint32_t(x);
-    } else if (a == "--datasets") {
-      o->datasets = split_commas(v);
-      if (o->datasets.empty()) return "--datasets needs at least one of citeulike-t,delicious";
-      for (const std::string& d : o->datasets) {
-        bool known = false;
-        for (const DatasetSpec& spec : kDatasets) known = known || d == spec.name;
-        if (!known) return "unknown dataset '" + d + "' (expected citeulike-t or delicious)";
-      }
-    } else if (a == "--variants") {
-      o->variants = split_commas(v);
-      if (o->variants.empty()) return "--variants needs at least one variant";
-      for (const std::string& name : o->variants) {
-        bool known = false;
-        for (const VariantSpec& spec : kVariants) known = known || name == spec.name;
-        if (!known)
-          return "unknown variant '" + name +
-                 "' (expected full, lsh-fixed, lsh-detect, lsh-incremental, lsh-learned or mongoose)";
-      }
-    } else {
-      return "unknown option " + a;
-    }
-  }
-  return "";
+  std::vector<std::string> names;
+  for (const VariantSpec& v : kVariants) names.push_back(v.name);
+  return parse_bench_args(argc, argv, o, usage,
+                          {"--variants", &o->variants, names, "--variants needs at least one variant", "variant",
+                           "full, lsh-fixed, lsh-detect, lsh-incremental, lsh-learned or mongoose"});
 }
 
 Config config_of(const VariantSpec& v, uint32_t threads) {
@@ -235,44 +134,20 @@ const char* scheduler_name(Scheduler s) {
 }
 
 //-----------------------------------------------------------------------------------------------
-// One run: read the data, train, evaluate. Its numbers travel back to the parent through a pipe,
-// so everything below is trivially copyable.
+// One run: read the data, train, evaluate (run in a child process by run_in_child).
 //-----------------------------------------------------------------------------------------------
 
-struct EpochRecord {
-  int epoch = 0;             // 1-based
-  double train_seconds = 0;  // cumulative, Model::stats().seconds
-  double loss = 0;           // mean loss of the epoch
-  double p1 = 0, p5 = 0;
-  uint64_t rehashes = 0;     // cumulative full rebuilds
+struct EpochRecord : CommonEpoch {
+  uint64_t rehashes = 0;  // cumulative full rebuilds
 };
 
-struct RunSummary {
-  bool ok = false;
-  char error[512] = {0};
-  int epochs = 0;  // epochs completed (and evaluated)
-  size_t train_rows = 0, test_rows = 0, features = 0, labels = 0;
-  double load_seconds = 0;
+struct RunSummary : CommonSummary {
   bool all_active = false;  // lsh with min_active >= labels: exact softmax, tables never updated
   uint32_t min_active = 0;
-  TrainStats stats;  // at the end of training
   double recall = kNaN, mean_retrieved = kNaN;  // Model::retrieval_recall, k = 5
   size_t recall_rows = 0;
-  double lsh_p1 = kNaN, lsh_p5 = kNaN, lsh_candidates = kNaN, lsh_ms_per_example = kNaN;
-  double full_ms_per_example = kNaN;
 };
-static_assert(std::is_trivially_copyable<EpochRecord>::value, "sent through a pipe");
-static_assert(std::is_trivially_copyable<RunSummary>::value, "sent through a pipe");
-
-struct RunResult {
-  RunSummary summary;
-  std::vector<EpochRecord> epochs;
-};
-
-void set_error(RunSummary* s, const std::string& message) {
-  std::snprintf(s->error, sizeof s->error, "%s", message.c_str());
-  s->ok = false;
-}
+using RunResult = RunResultOf<RunSummary, EpochRecord>;
 
 const size_t kRecallRows = 1000;
 const size_t kRecallK = 5;
@@ -280,179 +155,43 @@ const size_t kRecallK = 5;
 RunResult run_one(const Options& o, const DatasetSpec& spec, const VariantSpec& variant) {
   RunResult r;
   RunSummary& s = r.summary;
-  const std::string dir = o.data + "/" + spec.folder + "/";
-  const double t0 = now_seconds();
   Dataset train, test;
-  Status st = mongoose::read_xc(dir + spec.train_file, &train);
-  if (st.ok()) st = mongoose::read_xc(dir + spec.test_file, &test);
-  if (!st.ok()) {
-    set_error(&s, st.message());
-    return r;
-  }
-  s.load_seconds = now_seconds() - t0;
-  s.train_rows = train.rows;
-  s.test_rows = test.rows;
-  s.features = train.features;
-  s.labels = train.labels;
-  if (test.features > train.features || test.labels > train.labels) {
-    char buf[256];
-    std::snprintf(buf, sizeof buf, "%s declares %zu features and %zu labels, more than the training file (%zu, %zu)",
-                  spec.test_file, test.features, test.labels, train.features, train.labels);
-    set_error(&s, buf);
-    return r;
-  }
+  if (!load_dataset(o, spec, &train, &test, &s)) return r;
 
   const Config cfg = config_of(variant, o.threads);
   const bool is_lsh = variant.output == OutputMode::lsh;
   s.min_active = cfg.min_active;
   s.all_active = is_lsh && size_t(cfg.min_active) >= train.labels;
   Model model;
-  st = model.init(cfg, train.features, train.labels);
-  if (!st.ok()) {
-    set_error(&s, st.message());
-    return r;
-  }
+  if (!init_model(cfg, train, &model, &s)) return r;
 
-  Metrics m;
-  for (int e = 0; e < o.epochs; ++e) {
-    const double w0 = now_seconds();
-    st = model.train_epoch(train);
-    const double wall = now_seconds() - w0;
-    if (!st.ok()) break;
-    st = model.evaluate(test, InferMode::full, &m);
-    if (!st.ok()) break;
-    const TrainStats& ts = model.stats();
-    EpochRecord rec;
-    rec.epoch = e + 1;
-    rec.train_seconds = ts.seconds;
-    rec.loss = ts.mean_loss_last_epoch;
-    rec.p1 = m.p_at_1;
-    rec.p5 = m.p_at_5;
-    rec.rehashes = ts.rehashes;
-    r.epochs.push_back(rec);
-    s.epochs = rec.epoch;
-    s.full_ms_per_example = m.ms_per_example;
+  Status st = train_epochs(&model, train, test, o.epochs, &r, [&](EpochRecord* rec, double wall, const Metrics& m) {
+    rec->rehashes = model.stats().rehashes;
     std::printf("epoch %-11s %-15s %3d  train_s=%8.2f  p@1=%.4f  p@5=%.4f  loss=%.4f  rebuilds=%llu  "
                 "epoch_wall_s=%.2f  eval_s=%.2f\n",
-                spec.name, variant.name, rec.epoch, rec.train_seconds, rec.p1, rec.p5, rec.loss,
-                (unsigned long long)rec.rehashes, wall, m.seconds);
+                spec.name, variant.name, rec->epoch, rec->train_seconds, rec->p1, rec->p5, rec->loss,
+                (unsigned long long)rec->rehashes, wall, m.seconds);
     std::fflush(stdout);
-  }
+  });
   s.stats = model.stats();
   if (st.ok() && is_lsh) {
     s.recall_rows = std::min(kRecallRows, test.rows);
     st = model.retrieval_recall(test, kRecallRows, kRecallK, &s.recall, &s.mean_retrieved);
-    if (st.ok()) {
-      Metrics lm;
-      st = model.evaluate(test, InferMode::lsh, &lm);
-      if (st.ok()) {
-        s.lsh_p1 = lm.p_at_1;
-        s.lsh_p5 = lm.p_at_5;
-        s.lsh_candidates = lm.mean_candidates;
-        s.lsh_ms_per_example = lm.ms_per_example;
-      }
-    }
+    if (st.ok()) st = evaluate_lsh(model, test, &s);
   }
-  if (!st.ok()) {
-    set_error(&s, st.message());
-    return r;
-  }
-  s.ok = true;
+  finish_run(st, &s);
   return r;
 }
 
-//-----------------------------------------------------------------------------------------------
-// Fork, pipe, wait
-//-----------------------------------------------------------------------------------------------
-
-bool write_all(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= size_t(w);
-  }
-  return true;
-}
-
-// Reads exactly n bytes; false on EOF or error before that.
-bool read_all(int fd, void* data, size_t n) {
-  char* p = static_cast<char*>(data);
-  while (n > 0) {
-    ssize_t got = ::read(fd, p, n);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return false;
-    p += got;
-    n -= size_t(got);
-  }
-  return true;
-}
-
+// Runs run_one in its own child process.
 RunResult run_isolated(const Options& o, const DatasetSpec& spec, const VariantSpec& variant) {
-  int fds[2];
-  std::fflush(stdout);
-  std::fflush(stderr);
-  pid_t pid = -1;
-  if (::pipe(fds) == 0) {
-    pid = ::fork();
-    if (pid < 0) {
-      ::close(fds[0]);
-      ::close(fds[1]);
-    }
-  }
-  if (pid < 0) {  // no pipe or no fork: run here
-    std::fprintf(stderr, "bench-ablation: fork failed (%s); running %s %s in-process\n", std::strerror(errno),
-                 spec.name, variant.name);
-    return run_one(o, spec, variant);
-  }
-  if (pid == 0) {  // child
-    ::close(fds[0]);
-    RunResult r = run_one(o, spec, variant);
-    const uint64_t n = r.epochs.size();
-    bool ok = write_all(fds[1], &r.summary, sizeof r.summary) && write_all(fds[1], &n, sizeof n) &&
-              (n == 0 || write_all(fds[1], r.epochs.data(), n * sizeof(EpochRecord)));
-    std::fflush(stdout);
-    std::fflush(stderr);
-    ::close(fds[1]);
-    ::_exit(ok ? 0 : 1);
-  }
-  // parent
-  ::close(fds[1]);
-  RunResult r;
-  uint64_t n = 0;
-  bool got = read_all(fds[0], &r.summary, sizeof r.summary) && read_all(fds[0], &n, sizeof n) && n < (1u << 24);
-  if (got) {
-    r.epochs.resize(size_t(n));
-    got = n == 0 || read_all(fds[0], r.epochs.data(), size_t(n) * sizeof(EpochRecord));
-  }
-  ::close(fds[0]);
-  int status = 0;
-  pid_t w;
-  do {
-    w = ::waitpid(pid, &status, 0);
-  } while (w < 0 && errno == EINTR);
-  if (!got) {
-    r = RunResult();
-    std::string why = "child process returned no result";
-    if (w == pid && WIFSIGNALED(status)) why += " (killed by signal " + std::to_string(WTERMSIG(status)) + ")";
-    else if (w == pid && WIFEXITED(status)) why += " (exit status " + std::to_string(WEXITSTATUS(status)) + ")";
-    set_error(&r.summary, why);
-  }
-  return r;
+  return run_in_child("bench-ablation", std::string(spec.name) + " " + variant.name + " in-process",
+                      [&] { return run_one(o, spec, variant); }, nullptr);
 }
 
 //-----------------------------------------------------------------------------------------------
 // Report
 //-----------------------------------------------------------------------------------------------
-
-std::string fmt(const char* format, double v) {
-  if (std::isnan(v)) return "-";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, format, v);
-  return buf;
-}
 
 std::string fmt_u(uint64_t v) { return std::to_string((unsigned long long)v); }
 
@@ -460,27 +199,6 @@ double ratio(double a, double b) {
   if (std::isnan(a) || std::isnan(b)) return kNaN;
   if (b == 0) return a == 0 ? kNaN : kInf;
   return a / b;
-}
-
-// Prints rows of cells with each column as wide as its widest cell (first column left-aligned).
-void print_table(const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> width;
-  for (const auto& row : rows)
-    for (size_t c = 0; c < row.size(); ++c) {
-      if (width.size() <= c) width.push_back(0);
-      width[c] = std::max(width[c], row[c].size());
-    }
-  for (const auto& row : rows) {
-    std::string line;
-    for (size_t c = 0; c < row.size(); ++c) {
-      if (c) line += "  ";
-      const std::string& cell = row[c];
-      const std::string pad(width[c] - cell.size(), ' ');
-      line += c == 0 ? cell + pad : pad + cell;
-    }
-    while (!line.empty() && line.back() == ' ') line.pop_back();
-    std::printf("  %s\n", line.c_str());
-  }
 }
 
 // The figures the ratio and result lines are made of; nan when the run is missing or failed.
@@ -534,14 +252,7 @@ struct DatasetReport {
 
 void report_dataset(const DatasetReport& rep) {
   const DatasetSpec& spec = *rep.spec;
-  std::printf("\n== %s", spec.name);
-  for (const RunResult& r : rep.results)
-    if (r.summary.ok) {
-      std::printf(": train %zu rows, test %zu rows, %zu features, %zu labels (load %.2f s)", r.summary.train_rows,
-                  r.summary.test_rows, r.summary.features, r.summary.labels, r.summary.load_seconds);
-      break;
-    }
-  std::printf("\n");
+  print_dataset_heading(spec, rep.results);
 
   // P@1 (InferMode::full) after each epoch.
   size_t max_epochs = 0;
@@ -652,21 +363,12 @@ void report_dataset(const DatasetReport& rep) {
   }
 }
 
-bool file_exists(const std::string& path) {
-  struct stat sb;
-  return ::stat(path.c_str(), &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
   std::string err = parse_args(argc, argv, &o);
-  if (!err.empty()) {
-    std::fprintf(stderr, "bench-ablation: %s\n", err.c_str());
-    usage(stderr);
-    return 2;
-  }
+  if (!err.empty()) return usage_error("bench-ablation", err, usage);
   // Run datasets and variants in a fixed order whatever order they were listed in.
   std::vector<const VariantSpec*> variants;
   for (const VariantSpec& v : kVariants)
@@ -674,8 +376,7 @@ int main(int argc, char** argv) {
       variants.push_back(&v);
 
   const Config d;
-  std::printf("mongoose %d.%d ablation benchmark: epochs=%d threads=%u simd=%s data=%s\n", MONGOOSE_VERSION_MAJOR,
-              MONGOOSE_VERSION_MINOR, o.epochs, o.threads, mongoose::kernels(d.simd).name, o.data.c_str());
+  print_banner("ablation", o, d);
   std::printf("config defaults: hidden=%u batch=%u lr=%g seed=%llu | lsh: hash=%s K=%u L=%u density=%g "
               "bucket_capacity=%u min_active=%u max_active=%u rehash_every=%u rehash_decay=%g | scheduler: "
               "check_every=%u detector_bits=%u tau=%g full_rebuild_fraction=%g drift_epsilon=%g | learning: "
@@ -700,25 +401,12 @@ int main(int argc, char** argv) {
   bool any_failed = false;
   std::vector<DatasetReport> reports;
   for (const DatasetSpec& spec : kDatasets) {
-    if (std::find(o.datasets.begin(), o.datasets.end(), spec.name) == o.datasets.end()) continue;
-    const std::string dir = o.data + "/" + spec.folder + "/";
-    std::string missing;
-    for (const char* f : {spec.train_file, spec.test_file})
-      if (!file_exists(dir + f)) missing += (missing.empty() ? "" : ", ") + dir + f;
-    if (!missing.empty()) {
-      std::printf("skipped: %s: %s not found\n", spec.name, missing.c_str());
-      std::fflush(stdout);
-      continue;
-    }
+    if (!dataset_wanted(o, spec)) continue;
     DatasetReport rep;
     rep.spec = &spec;
     for (const VariantSpec* v : variants) {
       RunResult r = run_isolated(o, spec, *v);
-      if (!r.summary.ok) {
-        any_failed = true;
-        std::printf("failed: %s %s: %s\n", spec.name, v->name, r.summary.error);
-        std::fflush(stdout);
-      }
+      if (report_failure(spec, v->name, r)) any_failed = true;
       rep.variants.push_back(v);
       rep.results.push_back(std::move(r));
     }

@@ -35,346 +35,91 @@
 // Exit status: 0 when every requested run that had its data succeeded (missing datasets are
 // skipped, not errors), 1 when a run failed, 2 on a usage error.
 
-#include "../mongoose.h"
-
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include "common.h"
 
 #include <algorithm>
-#include <cerrno>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <string>
-#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
-
-using mongoose::Config;
-using mongoose::Dataset;
-using mongoose::InferMode;
-using mongoose::Metrics;
-using mongoose::Model;
-using mongoose::OutputMode;
-using mongoose::Status;
-using mongoose::TrainStats;
-
-const double kNaN = std::nan("");
-
-double now_seconds() {
-  using clock = std::chrono::steady_clock;
-  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
-}
 
 //-----------------------------------------------------------------------------------------------
 // Options
 //-----------------------------------------------------------------------------------------------
 
-struct DatasetSpec {
-  const char* name;       // as on the command line and in the output
-  const char* key;        // prefix in the result line
-  const char* folder;
-  const char* train_file;
-  const char* test_file;
-};
-
-const DatasetSpec kDatasets[] = {
-    {"citeulike-t", "citeulike", "citeulike-t", "citeulike-t_train.txt", "citeulike-t_test.txt"},
-    {"delicious", "delicious", "delicious", "delicious_train.txt", "delicious_test.txt"},
-};
-
-struct Options {
-  std::string data = "../shared/data";
-  int epochs = 5;
-  uint32_t threads = 2;
-  std::vector<std::string> datasets{"citeulike-t", "delicious"};
+struct Options : BenchOptions {
   std::vector<std::string> modes{"full", "lsh"};
 };
 
 void usage(FILE* out) {
-  std::fprintf(out,
-               "usage: bench-xc [options]\n"
-               "  --data DIR           folder with citeulike-t/ and delicious/ (../shared/data)\n"
-               "  --epochs E           training epochs per run, >= 1 (5)\n"
-               "  --threads T          worker threads, 0 = all cores (2)\n"
-               "  --datasets LIST      comma-separated subset of citeulike-t,delicious (both)\n"
-               "  --modes LIST         comma-separated subset of full,lsh (both)\n");
-}
-
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= s.size()) {
-    size_t comma = s.find(',', start);
-    if (comma == std::string::npos) comma = s.size();
-    std::string item = s.substr(start, comma - start);
-    if (!item.empty() && std::find(out.begin(), out.end(), item) == out.end()) out.push_back(item);
-    start = comma + 1;
-  }
-  return out;
-}
-
-bool parse_int(const std::string& s, long lo, long hi, long* out) {
-  char* end = nullptr;
-  errno = 0;
-  long v = std::strtol(s.c_str(), &end, 10);
-  if (errno || end == s.c_str() || *end != '\0' || v < lo || v > hi) return false;
-  *out = v;
-  return true;
+  print_common_usage(out, "bench-xc");
+  std::fprintf(out, "  --modes LIST         comma-separated subset of full,lsh (both)\n");
 }
 
 // Returns "" or an error message.
 std::string parse_args(int argc, char** argv, Options* o) {
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      usage(stdout);
-      std::exit(0);
-    }
-    if (i + 1 >= argc) return "missing value after " + a;
-    std::string v = argv[++i];
-    long x = 0;
-    if (a == "--data") {
-      o->data = v;
-    } else if (a == "--epochs") {
-      if (!parse_int(v, 1, 1000000, &x)) return "bad value '" + v + "' for --epochs (expected 1..1000000)";
-      o->epochs = int(x);
-    } else if (a == "--threads") {
-      if (!parse_int(v, 0, 1024, &x)) return "bad value '" + v + "' for --threads (expected 0..1024)";
-      o->threads = uint32_t(x);
-    } else if (a == "--datasets") {
-      o->datasets = split_commas(v);
-      if (o->datasets.empty()) return "--datasets needs at least one of citeulike-t,delicious";
-      for (const std::string& d : o->datasets) {
-        bool known = false;
-        for (const DatasetSpec& spec : kDatasets) known = known || d == spec.name;
-        if (!known) return "unknown dataset '" + d + "' (expected citeulike-t or delicious)";
-      }
-    } else if (a == "--modes") {
-      o->modes = split_commas(v);
-      if (o->modes.empty()) return "--modes needs at least one of full,lsh";
-      for (const std::string& m : o->modes)
-        if (m != "full" && m != "lsh") return "unknown mode '" + m + "' (expected full or lsh)";
-    } else {
-      return "unknown option " + a;
-    }
-  }
-  return "";
+  return parse_bench_args(argc, argv, o, usage,
+                          {"--modes", &o->modes, {"full", "lsh"}, "--modes needs at least one of full,lsh", "mode",
+                           "full or lsh"});
 }
 
 //-----------------------------------------------------------------------------------------------
-// One run: read the data, train, evaluate. Its numbers travel back to the parent through a pipe,
-// so everything below is trivially copyable.
+// One run: read the data, train, evaluate (run in a child process by run_in_child).
 //-----------------------------------------------------------------------------------------------
 
-struct EpochRecord {
-  int epoch = 0;               // 1-based
-  double train_seconds = 0;    // cumulative, Model::stats().seconds
-  double wall_seconds = 0;     // wall time of the train_epoch call (cross-check)
-  double loss = 0;             // mean loss of the epoch
-  double p1 = 0, p3 = 0, p5 = 0;
+struct EpochRecord : CommonEpoch {
+  double wall_seconds = 0;  // wall time of the train_epoch call (cross-check)
+  double p3 = 0;
   double eval_seconds = 0, eval_ms_per_example = 0;
 };
 
-struct RunSummary {
-  bool ok = false;
-  char error[512] = {0};
-  int epochs = 0;              // epochs completed (and evaluated)
-  size_t train_rows = 0, test_rows = 0, features = 0, labels = 0;
-  double load_seconds = 0;
-  TrainStats stats;            // at the end of training
+struct RunSummary : CommonSummary {
   double parameter_mb = 0;
-  double full_ms_per_example = kNaN;   // InferMode::full, after the last epoch
-  double lsh_p1 = kNaN, lsh_p5 = kNaN, lsh_ms_per_example = kNaN, lsh_candidates = kNaN;
-  double peak_rss_mb = kNaN;           // filled in by the parent (wait4)
+  double peak_rss_mb = kNaN;  // filled in by the parent (wait4)
 };
-static_assert(std::is_trivially_copyable<EpochRecord>::value, "sent through a pipe");
-static_assert(std::is_trivially_copyable<RunSummary>::value, "sent through a pipe");
-
-struct RunResult {
-  RunSummary summary;
-  std::vector<EpochRecord> epochs;
-};
-
-void set_error(RunSummary* s, const std::string& message) {
-  std::snprintf(s->error, sizeof s->error, "%s", message.c_str());
-  s->ok = false;
-}
+using RunResult = RunResultOf<RunSummary, EpochRecord>;
 
 const char* mode_name(OutputMode m) { return m == OutputMode::lsh ? "lsh" : "full"; }
 
 RunResult run_one(const Options& o, const DatasetSpec& spec, OutputMode mode) {
   RunResult r;
   RunSummary& s = r.summary;
-  const std::string dir = o.data + "/" + spec.folder + "/";
-  const double t0 = now_seconds();
   Dataset train, test;
-  Status st = mongoose::read_xc(dir + spec.train_file, &train);
-  if (st.ok()) st = mongoose::read_xc(dir + spec.test_file, &test);
-  if (!st.ok()) {
-    set_error(&s, st.message());
-    return r;
-  }
-  s.load_seconds = now_seconds() - t0;
-  s.train_rows = train.rows;
-  s.test_rows = test.rows;
-  s.features = train.features;
-  s.labels = train.labels;
-  if (test.features > train.features || test.labels > train.labels) {
-    char buf[256];
-    std::snprintf(buf, sizeof buf, "%s declares %zu features and %zu labels, more than the training file (%zu, %zu)",
-                  spec.test_file, test.features, test.labels, train.features, train.labels);
-    set_error(&s, buf);
-    return r;
-  }
+  if (!load_dataset(o, spec, &train, &test, &s)) return r;
 
   Config cfg;  // library defaults; only the output layer and the thread count are set here
   cfg.output = mode;
   cfg.threads = o.threads;
   Model model;
-  st = model.init(cfg, train.features, train.labels);
-  if (!st.ok()) {
-    set_error(&s, st.message());
-    return r;
-  }
+  if (!init_model(cfg, train, &model, &s)) return r;
 
-  Metrics m;
-  for (int e = 0; e < o.epochs; ++e) {
-    const double w0 = now_seconds();
-    st = model.train_epoch(train);
-    const double wall = now_seconds() - w0;
-    if (!st.ok()) break;
-    st = model.evaluate(test, InferMode::full, &m);
-    if (!st.ok()) break;
-    const TrainStats& ts = model.stats();
-    EpochRecord rec;
-    rec.epoch = e + 1;
-    rec.train_seconds = ts.seconds;
-    rec.wall_seconds = wall;
-    rec.loss = ts.mean_loss_last_epoch;
-    rec.p1 = m.p_at_1;
-    rec.p3 = m.p_at_3;
-    rec.p5 = m.p_at_5;
-    rec.eval_seconds = m.seconds;
-    rec.eval_ms_per_example = m.ms_per_example;
-    r.epochs.push_back(rec);
-    s.epochs = rec.epoch;
-    s.full_ms_per_example = m.ms_per_example;
+  Status st = train_epochs(&model, train, test, o.epochs, &r, [&](EpochRecord* rec, double wall, const Metrics& m) {
+    rec->wall_seconds = wall;
+    rec->p3 = m.p_at_3;
+    rec->eval_seconds = m.seconds;
+    rec->eval_ms_per_example = m.ms_per_example;
     std::printf("epoch %-11s %-4s %3d  train_s=%8.2f  p@1=%.4f  p@5=%.4f  loss=%.4f  epoch_wall_s=%.2f  eval_s=%.2f\n",
-                spec.name, mode_name(mode), rec.epoch, rec.train_seconds, rec.p1, rec.p5, rec.loss, wall,
-                rec.eval_seconds);
+                spec.name, mode_name(mode), rec->epoch, rec->train_seconds, rec->p1, rec->p5, rec->loss, wall,
+                rec->eval_seconds);
     std::fflush(stdout);
-  }
+  });
   s.stats = model.stats();
   s.parameter_mb = double(model.parameter_bytes()) / (1024.0 * 1024.0);
-  if (st.ok() && mode == OutputMode::lsh) {
-    Metrics lm;
-    st = model.evaluate(test, InferMode::lsh, &lm);
-    if (st.ok()) {
-      s.lsh_p1 = lm.p_at_1;
-      s.lsh_p5 = lm.p_at_5;
-      s.lsh_ms_per_example = lm.ms_per_example;
-      s.lsh_candidates = lm.mean_candidates;
-    }
-  }
-  if (!st.ok()) {
-    set_error(&s, st.message());
-    return r;
-  }
-  s.ok = true;
+  if (st.ok() && mode == OutputMode::lsh) st = evaluate_lsh(model, test, &s);
+  finish_run(st, &s);
   return r;
 }
 
-//-----------------------------------------------------------------------------------------------
-// Fork, pipe, wait4
-//-----------------------------------------------------------------------------------------------
-
-bool write_all(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= size_t(w);
-  }
-  return true;
-}
-
-// Reads exactly n bytes; false on EOF or error before that.
-bool read_all(int fd, void* data, size_t n) {
-  char* p = static_cast<char*>(data);
-  while (n > 0) {
-    ssize_t got = ::read(fd, p, n);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return false;
-    p += got;
-    n -= size_t(got);
-  }
-  return true;
-}
-
+// Runs run_one in its own child process; the peak RSS is that child's (n/a when fork fails).
 RunResult run_isolated(const Options& o, const DatasetSpec& spec, OutputMode mode) {
-  int fds[2];
-  std::fflush(stdout);
-  std::fflush(stderr);
-  pid_t pid = -1;
-  if (::pipe(fds) == 0) {
-    pid = ::fork();
-    if (pid < 0) {
-      ::close(fds[0]);
-      ::close(fds[1]);
-    }
-  }
-  if (pid < 0) {  // no pipe or no fork: run here; the peak RSS would not be this run's
-    std::fprintf(stderr, "bench-xc: fork failed (%s); running %s %s in-process, peak RSS n/a\n",
-                 std::strerror(errno), spec.name, mode_name(mode));
-    RunResult r = run_one(o, spec, mode);
-    r.summary.peak_rss_mb = kNaN;
-    return r;
-  }
-  if (pid == 0) {  // child
-    ::close(fds[0]);
-    RunResult r = run_one(o, spec, mode);
-    const uint64_t n = r.epochs.size();
-    bool ok = write_all(fds[1], &r.summary, sizeof r.summary) && write_all(fds[1], &n, sizeof n) &&
-              (n == 0 || write_all(fds[1], r.epochs.data(), n * sizeof(EpochRecord)));
-    std::fflush(stdout);
-    std::fflush(stderr);
-    ::close(fds[1]);
-    ::_exit(ok ? 0 : 1);
-  }
-  // parent
-  ::close(fds[1]);
-  RunResult r;
-  uint64_t n = 0;
-  bool got = read_all(fds[0], &r.summary, sizeof r.summary) && read_all(fds[0], &n, sizeof n) && n < (1u << 24);
-  if (got) {
-    r.epochs.resize(size_t(n));
-    got = n == 0 || read_all(fds[0], r.epochs.data(), size_t(n) * sizeof(EpochRecord));
-  }
-  ::close(fds[0]);
-  int status = 0;
-  struct rusage ru;
-  std::memset(&ru, 0, sizeof ru);
-  pid_t w;
-  do {
-    w = ::wait4(pid, &status, 0, &ru);
-  } while (w < 0 && errno == EINTR);
-  if (!got) {
-    r = RunResult();
-    std::string why = "child process returned no result";
-    if (w == pid && WIFSIGNALED(status)) why += " (killed by signal " + std::to_string(WTERMSIG(status)) + ")";
-    else if (w == pid && WIFEXITED(status)) why += " (exit status " + std::to_string(WEXITSTATUS(status)) + ")";
-    set_error(&r.summary, why);
-  }
-  if (w == pid) r.summary.peak_rss_mb = double(ru.ru_maxrss) / 1024.0;  // Linux: KiB
+  double peak_rss_mb = kNaN;
+  RunResult r = run_in_child("bench-xc", std::string(spec.name) + " " + mode_name(mode) + " in-process, peak RSS n/a",
+                             [&] { return run_one(o, spec, mode); }, &peak_rss_mb);
+  r.summary.peak_rss_mb = peak_rss_mb;
   return r;
 }
 
@@ -382,35 +127,7 @@ RunResult run_isolated(const Options& o, const DatasetSpec& spec, OutputMode mod
 // Report
 //-----------------------------------------------------------------------------------------------
 
-std::string fmt(const char* format, double v) {
-  if (std::isnan(v)) return "-";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, format, v);
-  return buf;
-}
-
 double ratio(double a, double b) { return (std::isnan(a) || std::isnan(b) || b == 0) ? kNaN : a / b; }
-
-// Prints rows of cells with each column as wide as its widest cell (first column left-aligned).
-void print_table(const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> width;
-  for (const auto& row : rows)
-    for (size_t c = 0; c < row.size(); ++c) {
-      if (width.size() <= c) width.push_back(0);
-      width[c] = std::max(width[c], row[c].size());
-    }
-  for (const auto& row : rows) {
-    std::string line;
-    for (size_t c = 0; c < row.size(); ++c) {
-      if (c) line += "  ";
-      const std::string& cell = row[c];
-      const std::string pad(width[c] - cell.size(), ' ');
-      line += c == 0 ? cell + pad : pad + cell;
-    }
-    while (!line.empty() && line.back() == ' ') line.pop_back();
-    std::printf("  %s\n", line.c_str());
-  }
-}
 
 struct ModeFigures {
   bool present = false;
@@ -436,14 +153,7 @@ std::pair<double, double> report_dataset(const DatasetSpec& spec, const std::vec
                                          const std::vector<RunResult>& results) {
   const RunResult* full = nullptr;
   const RunResult* lsh = nullptr;
-  std::printf("\n== %s", spec.name);
-  for (const RunResult& r : results)
-    if (r.summary.ok) {
-      std::printf(": train %zu rows, test %zu rows, %zu features, %zu labels (load %.2f s)", r.summary.train_rows,
-                  r.summary.test_rows, r.summary.features, r.summary.labels, r.summary.load_seconds);
-      break;
-    }
-  std::printf("\n");
+  print_dataset_heading(spec, results);
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"mode", "best_p@1(ep)", "final_p@1", "p@5", "train_s", "s/epoch", "active", "rehashes",
                   "rehash_s", "peak_rss_mb", "params_mb", "infer_p@1", "full_ms/ex", "lsh_ms/ex"});
@@ -504,29 +214,19 @@ std::pair<double, double> report_dataset(const DatasetSpec& spec, const std::vec
   return {epoch_ratio, p1_ratio};
 }
 
-bool file_exists(const std::string& path) {
-  struct stat sb;
-  return ::stat(path.c_str(), &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
   std::string err = parse_args(argc, argv, &o);
-  if (!err.empty()) {
-    std::fprintf(stderr, "bench-xc: %s\n", err.c_str());
-    usage(stderr);
-    return 2;
-  }
+  if (!err.empty()) return usage_error("bench-xc", err, usage);
   // Run datasets and modes in a fixed order whatever order they were listed in.
   std::vector<std::string> modes;
   for (const char* m : {"full", "lsh"})
     if (std::find(o.modes.begin(), o.modes.end(), m) != o.modes.end()) modes.push_back(m);
 
   const Config defaults;
-  std::printf("mongoose %d.%d xc benchmark: epochs=%d threads=%u simd=%s data=%s\n", MONGOOSE_VERSION_MAJOR,
-              MONGOOSE_VERSION_MINOR, o.epochs, o.threads, mongoose::kernels(defaults.simd).name, o.data.c_str());
+  print_banner("xc", o, defaults);
   std::printf("config defaults: hidden=%u batch=%u lr=%g seed=%llu | lsh: hash=%s K=%u L=%u density=%g "
               "bucket_capacity=%u policy=%s min_active=%u max_active=%u rehash_every=%u rehash_decay=%g "
               "new_hash_every=%u\n",
@@ -546,24 +246,11 @@ int main(int argc, char** argv) {
   };
   std::vector<Report> reports;
   for (const DatasetSpec& spec : kDatasets) {
-    if (std::find(o.datasets.begin(), o.datasets.end(), spec.name) == o.datasets.end()) continue;
-    const std::string dir = o.data + "/" + spec.folder + "/";
-    std::string missing;
-    for (const char* f : {spec.train_file, spec.test_file})
-      if (!file_exists(dir + f)) missing += (missing.empty() ? "" : ", ") + dir + f;
-    if (!missing.empty()) {
-      std::printf("skipped: %s: %s not found\n", spec.name, missing.c_str());
-      std::fflush(stdout);
-      continue;
-    }
+    if (!dataset_wanted(o, spec)) continue;
     Report rep{&spec, {}};
     for (const std::string& m : modes) {
       RunResult r = run_isolated(o, spec, m == "lsh" ? OutputMode::lsh : OutputMode::full);
-      if (!r.summary.ok) {
-        any_failed = true;
-        std::printf("failed: %s %s: %s\n", spec.name, m.c_str(), r.summary.error);
-        std::fflush(stdout);
-      }
+      if (report_failure(spec, m.c_str(), r)) any_failed = true;
       rep.results.push_back(std::move(r));
     }
     reports.push_back(std::move(rep));
