@@ -1522,7 +1522,9 @@ Status validate(const Config& c) {
   if (c.batch_size < 1 || c.batch_size > 65536) return Status::error(strf("Config.batch_size = %u out of range [1, 65536]", c.batch_size));
   if (c.threads > 1024) return Status::error(strf("Config.threads = %u out of range [0, 1024]", c.threads));
   if (c.output != OutputMode::full && c.output != OutputMode::lsh) return Status::error("Config.output is not a known output mode");
-  if (c.output == OutputMode::lsh) {
+  // The LSH fields are checked in every mode: a model file carries them all, and a full model
+  // must not hold values that would misbehave if used.
+  {
     HashConfig hc;
     hc.family = c.hash;
     hc.dim = c.hidden + 2;
