@@ -1685,6 +1685,10 @@ struct Model::Impl {
   }
   uint64_t next_rehash = 0, next_new_hash = 0, hash_generation = 0;
 
+  // Const calls that use the pool and the per-worker scratch (evaluate, retrieval_recall) take this
+  // lock, so they may be called from several threads at once; training needs exclusive access.
+  mutable std::mutex const_calls;
+
   // Per-worker scratch.
   struct Worker {
     QueryResult qr;
@@ -1717,7 +1721,7 @@ struct Model::Impl {
       has_labels.resize(B);
       active.resize(B);
       dlogits.resize(B);
-      codes.resize(B * cfg.L);
+      if (cfg.output == OutputMode::lsh) codes.resize(B * cfg.L);
     }
   }
 
@@ -2331,7 +2335,8 @@ struct Model::Impl {
   void schedule_next_rehash() {
     if (!cfg.rehash_every) return;
     double period = double(cfg.rehash_every) * std::exp(double(cfg.rehash_decay) * double(stats.rehashes));
-    next_rehash = stats.batches + uint64_t(std::min(period, 1e15));
+    if (!(period < 1e15)) period = 1e15;  // also catches NaN
+    next_rehash = stats.batches + uint64_t(period);
   }
 
   Status train_batch(const Dataset& data, const uint32_t* rows, size_t B, float* loss_out) {
@@ -2575,6 +2580,7 @@ Status Model::evaluate(const Dataset& data, InferMode mode, Metrics* out) const 
   const Impl& m = *impl_;
   if (mode == InferMode::lsh && m.cfg.output != OutputMode::lsh)
     return Status::error("Model::evaluate: InferMode::lsh needs a model trained with OutputMode::lsh");
+  std::lock_guard<std::mutex> lock(m.const_calls);
   double t0 = now_seconds();
   const size_t chunk = mode == InferMode::full ? 32 : 64;
   const size_t tasks = (data.rows + chunk - 1) / chunk;
@@ -2641,6 +2647,7 @@ Status Model::retrieval_recall(const Dataset& data, size_t max_rows, size_t topk
   size_t rows = std::min(max_rows, data.rows);
   if (rows == 0) return Status::error("Model::retrieval_recall: no rows to measure");
   std::vector<double> found(rows, 0.0), retrieved(rows, 0.0);
+  std::lock_guard<std::mutex> lock(m.const_calls);
   auto& self = const_cast<Impl&>(m);  // per-worker scratch only
   self.pool->run(rows, [&](size_t i, uint32_t wi) {
     Impl::Worker& w = self.workers[wi];
@@ -3055,6 +3062,8 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   }
   st = validate(c);
   if (!st.ok()) return r.fail("CONF: " + st.message());
+  // A file must not decide how many threads this process starts: at most the machine's cores.
+  if (!options.override_training && c.threads > resolve_threads(0)) c.threads = 0;
   if (D == 0 || D > 0xFFFFFFFFull || N == 0 || N > 0xFFFFFFFFull) return r.fail("CONF: feature or label count out of range");
   if (ld != round_up(size_t(c.hidden) + 2, 8)) return r.fail("CONF: row stride does not match the hidden size");
   if (options.expect_features && D != options.expect_features)

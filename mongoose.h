@@ -507,6 +507,8 @@ struct Scored {
   float score;  // logit
 };
 
+// Thread safety: const calls (evaluate, predict, retrieval_recall, weights, stats) may run from
+// several threads at once; calls that train or load need the model to themselves.
 class Model {
  public:
   Model();
@@ -597,6 +599,7 @@ struct LoadOptions {
   size_t expect_features = 0, expect_labels = 0;
   // Training settings (threads, learning rate, callbacks, ...) to use instead of the saved ones;
   // the shape and index settings (hidden, output, hash, K, L, ...) always come from the file.
+  // Without it, a saved thread count above this machine's cores becomes 0 (all cores).
   const Config* override_training = nullptr;
 };
 
