@@ -1854,10 +1854,17 @@ struct Model::Impl {
       shared_ids.push_back(j);
       shared_pos[j] = uint32_t(shared_ids.size());
     };
+    // The batch's labels join S and are counted: label frequencies so far (this batch included)
+    // feed the sampling correction and the inference shortlist.
+    if (label_count.size() < N) label_count.assign(N, 0);
     for (size_t e = 0; e < B; ++e) {
       Dataset::Row row = data.row(rows[e]);
-      for (size_t i = 0; i < row.num_labels; ++i) add(row.labels[i]);
+      for (size_t i = 0; i < row.num_labels; ++i) {
+        add(row.labels[i]);
+        ++label_count[row.labels[i]];
+      }
     }
+    examples_counted += B;
     size_t want = std::min<size_t>(cfg.min_active, N);
     size_t from_labels = shared_ids.size();
     if (want == N) {
@@ -1866,13 +1873,6 @@ struct Model::Impl {
       Rng rng(mix_seed(cfg.seed, 0x9AD5u, step));
       while (shared_ids.size() < want) add(rng.below(uint32_t(N)));
     }
-    // Label frequencies so far (this batch included): for the correction and the inference shortlist.
-    if (label_count.size() < N) label_count.assign(N, 0);
-    for (size_t e = 0; e < B; ++e) {
-      Dataset::Row row = data.row(rows[e]);
-      for (size_t i = 0; i < row.num_labels; ++i) ++label_count[row.labels[i]];
-    }
-    examples_counted += B;
     if (!cfg.sampling_correction) return;
     // Inclusion probability of each shared neuron in a batch: via some example's label or via the
     // random padding.
@@ -2139,18 +2139,25 @@ struct Model::Impl {
   // Fraction of the k best neurons (exact scores) of each query retrieved by the tables.
   double top_recall(const float* qs, size_t nq, size_t topk, const std::vector<float>& scores, Worker& w) const {
     double found = 0;
-    std::vector<uint32_t> c(cfg.L);
-    for (size_t i = 0; i < nq; ++i) {
-      TopK top(topk);
-      const float* s = &scores[i * N];
-      for (size_t j = 0; j < N; ++j) top.offer(uint32_t(j), s[j]);
-      hasher.hash_batch(qs + i * ld, 1, ld, c.data(), &w.hash_scratch);
-      tables.query(c.data(), &w.qr);
-      if (cfg.max_active && w.qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&w.qr, cfg.max_active);
-      for (const Scored& t : top.items) found += (t.label < w.qr.slot.size() && w.qr.slot[t.label]) ? 1 : 0;
-      w.qr.clear();
-    }
+    size_t kept;
+    for (size_t i = 0; i < nq; ++i) found += double(top_k_retrieved(qs + i * ld, &scores[i * N], topk, w, &kept));
     return nq ? found / double(nq * topk) : 0.0;
+  }
+
+  // How many of the topk best neurons by `scores` (all N) the tables retrieve for query q, after
+  // the max_active cap as in training; *kept gets the number of neurons retrieved.
+  size_t top_k_retrieved(const float* q, const float* scores, size_t topk, Worker& w, size_t* kept) const {
+    TopK top(topk);
+    for (size_t j = 0; j < N; ++j) top.offer(uint32_t(j), scores[j]);
+    std::vector<uint32_t> c(cfg.L);
+    hasher.hash_batch(q, 1, ld, c.data(), &w.hash_scratch);
+    tables.query(c.data(), &w.qr);
+    if (cfg.max_active && w.qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&w.qr, cfg.max_active);
+    size_t found = 0;
+    for (const Scored& t : top.items) found += (t.label < w.qr.slot.size() && w.qr.slot[t.label]) ? 1 : 0;
+    *kept = w.qr.ids.size();
+    w.qr.clear();
+    return found;
   }
 
   // One round: mine pairs from this batch's queries, train the projection, swap it in, rebuild.
@@ -2657,15 +2664,9 @@ Status Model::retrieval_recall(const Dataset& data, size_t max_rows, size_t topk
     std::vector<float>& scores = w.eval_scores;
     if (scores.size() < m.N) scores.resize(m.N);
     m.k->gemm_nt(1, m.N, m.ld, q.data(), m.ld, m.W2.data(), m.ld, scores.data(), m.N);
-    TopK top(topk);
-    for (size_t j = 0; j < m.N; ++j) top.offer(uint32_t(j), scores[j]);
-    std::vector<uint32_t> c(m.cfg.L);
-    m.hasher.hash_batch(q.data(), 1, m.ld, c.data(), &w.hash_scratch);
-    m.tables.query(c.data(), &w.qr);
-    if (m.cfg.max_active && w.qr.ids.size() > m.cfg.max_active) HashTables::keep_top_hits(&w.qr, m.cfg.max_active);
-    for (const Scored& t : top.items) found[i] += (t.label < w.qr.slot.size() && w.qr.slot[t.label]) ? 1 : 0;
-    retrieved[i] = double(w.qr.ids.size());
-    w.qr.clear();
+    size_t kept = 0;
+    found[i] = double(m.top_k_retrieved(q.data(), scores.data(), topk, w, &kept));
+    retrieved[i] = double(kept);
   });
   double f = 0, n = 0;
   for (size_t i = 0; i < rows; ++i) {
