@@ -1549,6 +1549,7 @@ Status validate(const Config& c) {
     if (!(c.full_rebuild_fraction > 0.0f && c.full_rebuild_fraction <= 1.0f))
       return Status::error(strf("Config.full_rebuild_fraction = %g out of range (0, 1]", double(c.full_rebuild_fraction)));
     if (!(c.drift_epsilon >= 0.0f && std::isfinite(c.drift_epsilon))) return Status::error(strf("Config.drift_epsilon = %g must be finite and >= 0", double(c.drift_epsilon)));
+    if (c.exact_retrieval && c.max_active == 0) return Status::error("Config.exact_retrieval needs max_active > 0 (how many neurons to retrieve)");
     if (c.learn_hash && c.hash != HashFamily::simhash) return Status::error("Config.learn_hash needs hash = simhash (DWTA has no projection to learn)");
     if (c.learn_queries < 1) return Status::error("Config.learn_queries = 0 out of range [1, 2^32)");
     if (c.hash_steps < 1 || c.hash_steps > 10000) return Status::error(strf("Config.hash_steps = %u out of range [1, 10000]", c.hash_steps));
@@ -1910,6 +1911,17 @@ struct Model::Impl {
       size_t j0 = b * nb, j1 = std::min(S, j0 + nb);
       k->gemm_nt(B, j1 - j0, ld, queries.data(), ld, shared_rows.data() + j0 * ld, ld, shared_logits.data() + j0, S);
     });
+    if (cfg.exact_retrieval && !all_active()) {
+      // Every neuron's score, to retrieve the best ones by brute force (counted as query time).
+      double q0 = now_seconds();
+      if (logits.size() < B * N) logits.resize(B * N);
+      pool->run((N + 127) / 128, [&](size_t b, uint32_t) {
+        size_t j0 = b * 128, j1 = std::min(N, j0 + 128);
+        k->gemm_nt(B, j1 - j0, ld, queries.data(), ld, W2.data() + j0 * ld, ld, logits.data() + j0, N);
+      });
+      stats.query_seconds += now_seconds() - q0;
+      t1 += now_seconds() - q0;  // not forward/backward time
+    }
     const float scale = 1.0f / float(labelled);
     std::vector<double> query_time(workers.size(), 0.0), active_total(workers.size(), 0.0);
     run_chunks(B, 2, [&](size_t e0, size_t e1, uint32_t wi) {
@@ -1928,10 +1940,18 @@ struct Model::Impl {
           losses[e] = 0;
           continue;
         }
-        if (!all_active()) tables.query(codes.data() + e * cfg.L, &w.qr);
-        if (cfg.max_active && w.qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&w.qr, cfg.max_active);
-        for (uint32_t j : w.qr.ids)
-          if (!shared_pos[j]) retrieved.push_back(j);
+        if (cfg.exact_retrieval) {
+          TopK top(cfg.max_active);
+          const float* all = logits.data() + e * N;
+          for (uint32_t j = 0; j < N; ++j)
+            if (!shared_pos[j]) top.offer(j, all[j]);
+          for (const Scored& t : top.items) retrieved.push_back(t.label);
+        } else {
+          if (!all_active()) tables.query(codes.data() + e * cfg.L, &w.qr);
+          if (cfg.max_active && w.qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&w.qr, cfg.max_active);
+          for (uint32_t j : w.qr.ids)
+            if (!shared_pos[j]) retrieved.push_back(j);
+        }
         w.qr.clear();
         double q1 = now_seconds();
         query_time[wi] += q1 - q0;
@@ -1942,7 +1962,16 @@ struct Model::Impl {
         if (z.size() < n) z.resize(n);
         std::memcpy(z.data(), zs, S * sizeof(float));
         // Sampled-softmax correction: z_j - log Q_j (a constant shift per neuron: dL/dz is unchanged).
-        if (cfg.sampling_correction) k->axpy(-1.0f, shared_logq.data(), z.data(), S);
+        if (cfg.sampling_correction) {
+          k->axpy(-1.0f, shared_logq.data(), z.data(), S);
+          // The example's own labels are in S with certainty: they keep their logits. (Correcting
+          // them too under-trains rare labels: measured -1.2 points of P@1 on citeulike-t.)
+          Dataset::Row own = data.row(rows[e]);
+          for (size_t i = 0; i < own.num_labels; ++i) {
+            size_t p = size_t(shared_pos[own.labels[i]]) - 1;
+            z[p] = zs[p];
+          }
+        }
         k->row_scores(W2.data(), ld, retrieved.data(), retrieved.size(), queries.data() + e * ld, ld, nullptr, z.data() + S);
         losses[e] = softmax_loss(z.data(), n, data.row(rows[e]), scale, &shared_pos);
         std::memcpy(zs, z.data(), S * sizeof(float));
@@ -2180,25 +2209,30 @@ struct Model::Impl {
     // Mine: positives are top-0.1% (and > 0) neurons the tables missed; negatives are
     // below-median neurons they retrieved.
     struct Pair { uint32_t query, item; float label; };
-    std::vector<Pair> pos, neg;
-    std::vector<float> sorted(N);
-    std::vector<uint32_t> c(cfg.L);
-    for (size_t i = 0; i < nq; ++i) {
+    std::vector<std::vector<Pair>> pos_of(nq), neg_of(nq);  // per query, joined in query order
+    run_chunks(nq, 1, [&](size_t i, size_t, uint32_t wi) {
+      Worker& wk = workers[wi];
       const float* s = &scores[i * N];
-      sorted.assign(s, s + N);
+      std::vector<float> sorted(s, s + N);
       size_t top_n = std::max<size_t>(1, N / 1000);
       std::nth_element(sorted.begin(), sorted.begin() + ptrdiff_t(top_n - 1), sorted.end(), std::greater<float>());
       float top_threshold = sorted[top_n - 1];
       std::nth_element(sorted.begin(), sorted.begin() + ptrdiff_t(N / 2), sorted.end());
       float median = sorted[N / 2];
-      hasher.hash_batch(&qs[i * ld], 1, ld, c.data(), &w.hash_scratch);
-      tables.query(c.data(), &w.qr);
+      std::vector<uint32_t> c(cfg.L);
+      hasher.hash_batch(&qs[i * ld], 1, ld, c.data(), &wk.hash_scratch);
+      tables.query(c.data(), &wk.qr);
       for (size_t j = 0; j < N; ++j) {
-        bool retrieved = j < w.qr.slot.size() && w.qr.slot[j];
-        if (!retrieved && s[j] >= top_threshold && s[j] > 0) pos.push_back({uint32_t(i), uint32_t(j), 1.0f});
-        if (retrieved && s[j] < median) neg.push_back({uint32_t(i), uint32_t(j), 0.0f});
+        bool retrieved = j < wk.qr.slot.size() && wk.qr.slot[j];
+        if (!retrieved && s[j] >= top_threshold && s[j] > 0) pos_of[i].push_back({uint32_t(i), uint32_t(j), 1.0f});
+        if (retrieved && s[j] < median) neg_of[i].push_back({uint32_t(i), uint32_t(j), 0.0f});
       }
-      w.qr.clear();
+      wk.qr.clear();
+    });
+    std::vector<Pair> pos, neg;
+    for (size_t i = 0; i < nq; ++i) {
+      pos.insert(pos.end(), pos_of[i].begin(), pos_of[i].end());
+      neg.insert(neg.end(), neg_of[i].begin(), neg_of[i].end());
     }
     // Balance by down-sampling the larger set (seeded).
     Rng rng(mix_seed(cfg.seed, 0x1EA7u, stats.learn_rounds));
@@ -2216,9 +2250,18 @@ struct Model::Impl {
       stats.pairs_mined += pos.size();
       train_projection(pos.data(), pos.size(), qs);
     }
-    rebuild_tables();
+    double t_rebuild = now_seconds();
+    rebuild_tables();  // counted in rehash_seconds, not here
+    t0 += now_seconds() - t_rebuild;
     stats.recall_after_sum += top_recall(qs.data(), nq, 5, scores, w);
     stats.learn_seconds += now_seconds() - t0;
+  }
+
+  // tanh through one expf: 1 - 2 / (e^{2x} + 1), absolute error ~1e-7, saturating cleanly.
+  static float tanh_fast(float x) {
+    float a = std::fabs(x);
+    float t = a > 9.0f ? 1.0f : 1.0f - 2.0f / (std::exp(2.0f * a) + 1.0f);
+    return std::copysign(t, x);
   }
 
   // A few Adam steps on the projection P (dim x K*L) for the per-table loss
@@ -2238,45 +2281,60 @@ struct Model::Impl {
     }
     mips_items(ids.data(), 0, n, mips_norm2, Xw);
     std::vector<float> U(n * bits), Wv(n * bits), DU(n * bits), DV(n * bits);
-    auto forward = [&](bool backward) {
-      std::fill(U.begin(), U.end(), 0.0f);
-      std::fill(Wv.begin(), Wv.end(), 0.0f);
-      k->gemm_nn_acc(n, bits, dim, Xq.data(), dim, P.data(), bits, U.data(), bits);
-      k->gemm_nn_acc(n, bits, dim, Xw.data(), dim, P.data(), bits, Wv.data(), bits);
-      double loss = 0;
-      for (size_t i = 0; i < n; ++i) {
-        float y = pairs[i].label;
-        for (size_t t = 0; t < cfg.L; ++t) {
-          float* u = &U[i * bits + t * cfg.K];
-          float* v = &Wv[i * bits + t * cfg.K];
-          float st = 0;
-          for (size_t b = 0; b < cfg.K; ++b) {
-            u[b] = std::tanh(u[b]);
-            v[b] = std::tanh(v[b]);
-            st += u[b] * v[b];
-          }
-          // BCE with logits, stable: log(1 + e^s) - y s.
-          loss += double(std::max(st, 0.0f) + std::log1p(std::exp(-std::fabs(st))) - y * st);
-          if (!backward) continue;
-          float g = (1.0f / (1.0f + std::exp(-st)) - y) / float(n);
-          for (size_t b = 0; b < cfg.K; ++b) {
-            DU[i * bits + t * cfg.K + b] = g * v[b] * (1.0f - u[b] * u[b]);
-            DV[i * bits + t * cfg.K + b] = g * u[b] * (1.0f - v[b] * v[b]);
+    // Pairs are split over the workers for the forward pass, input dimensions for the gradient.
+    const size_t chunk = 64;
+    std::vector<double> chunk_loss((n + chunk - 1) / chunk);
+    // backward: fill DU, DV; want_loss: return the mean loss (else 0).
+    auto forward = [&](bool backward, bool want_loss) {
+      run_chunks(n, chunk, [&](size_t i0, size_t i1, uint32_t) {
+        const size_t m = i1 - i0;
+        float* u0 = &U[i0 * bits];
+        float* v0 = &Wv[i0 * bits];
+        std::fill(u0, u0 + m * bits, 0.0f);
+        std::fill(v0, v0 + m * bits, 0.0f);
+        k->gemm_nn_acc(m, bits, dim, &Xq[i0 * dim], dim, P.data(), bits, u0, bits);
+        k->gemm_nn_acc(m, bits, dim, &Xw[i0 * dim], dim, P.data(), bits, v0, bits);
+        double loss = 0;
+        for (size_t i = i0; i < i1; ++i) {
+          float y = pairs[i].label;
+          for (size_t t = 0; t < cfg.L; ++t) {
+            float* u = &U[i * bits + t * cfg.K];
+            float* v = &Wv[i * bits + t * cfg.K];
+            float st = 0;
+            for (size_t b = 0; b < cfg.K; ++b) {
+              u[b] = tanh_fast(u[b]);
+              v[b] = tanh_fast(v[b]);
+              st += u[b] * v[b];
+            }
+            // BCE with logits, stable: log(1 + e^s) - y s.
+            if (want_loss) loss += double(std::max(st, 0.0f) + std::log1p(std::exp(-std::fabs(st))) - y * st);
+            if (!backward) continue;
+            float g = (1.0f / (1.0f + std::exp(-st)) - y) / float(n);
+            for (size_t b = 0; b < cfg.K; ++b) {
+              DU[i * bits + t * cfg.K + b] = g * v[b] * (1.0f - u[b] * u[b]);
+              DV[i * bits + t * cfg.K + b] = g * u[b] * (1.0f - v[b] * v[b]);
+            }
           }
         }
-      }
+        chunk_loss[i0 / chunk] = loss;
+      });
+      double loss = 0;
+      for (double l : chunk_loss) loss += l;  // in chunk order: deterministic
       return loss / double(n);
     };
     for (uint32_t step = 1; step <= cfg.hash_steps; ++step) {
-      double loss = forward(true);
+      double loss = forward(true, step == 1);
       if (step == 1) stats.learn_loss_before = loss;
-      std::fill(G.begin(), G.end(), 0.0f);
-      k->gemm_tn_acc(dim, bits, n, Xq.data(), dim, DU.data(), bits, G.data(), bits);
-      k->gemm_tn_acc(dim, bits, n, Xw.data(), dim, DV.data(), bits, G.data(), bits);
       AdamStep st = AdamStep::at(cfg.hash_lr, 0.9f, 0.999f, 1e-8f, step);
-      for (size_t d = 0; d < dim; ++d) k->adam(&P[d * bits], &G[d * bits], &M[d * bits], &V[d * bits], bits, st);
+      run_chunks(dim, 16, [&](size_t d0, size_t d1, uint32_t) {
+        float* g = &G[d0 * bits];
+        std::fill(g, g + (d1 - d0) * bits, 0.0f);
+        k->gemm_tn_acc(d1 - d0, bits, n, &Xq[d0], dim, DU.data(), bits, g, bits);
+        k->gemm_tn_acc(d1 - d0, bits, n, &Xw[d0], dim, DV.data(), bits, g, bits);
+        for (size_t d = d0; d < d1; ++d) k->adam(&P[d * bits], &G[d * bits], &M[d * bits], &V[d * bits], bits, st);
+      });
     }
-    stats.learn_loss_after = forward(false);
+    stats.learn_loss_after = forward(false, true);
     if (cfg.hash_binarize)
       for (float& p : P) p = p >= 0.0f ? 1.0f : -1.0f;
     bool finite = true;
@@ -2920,8 +2978,8 @@ std::string encode_conf(const Config& c, const Model::Impl& m) {
   b.u32(c.learn_hash); b.u32(c.learn_every); b.u32(c.learn_queries); b.u32(c.hash_steps); b.f32(c.hash_lr);
   b.u32(c.hash_binarize);
   b.u64(m.D); b.u64(m.N); b.u64(m.ld); b.u64(m.step); b.u64(m.epoch); b.u64(m.hash_generation);
-  // bit 0: sampling_correction; bits 32..63: detector_sample
-  b.u64((c.sampling_correction ? 1 : 0) | uint64_t(c.detector_sample) << 32);
+  // bit 0: sampling_correction; bit 1: exact_retrieval; bits 32..63: detector_sample
+  b.u64((c.sampling_correction ? 1 : 0) | (c.exact_retrieval ? 2 : 0) | uint64_t(c.detector_sample) << 32);
   b.u32(c.infer_shortlist);
   return b.b;
 }
@@ -3051,8 +3109,9 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   c.hash_binarize = b.u32() != 0;
   uint64_t D = b.u64(), N = b.u64(), ld = b.u64(), step = b.u64(), epoch = b.u64(), generation = b.u64();
   uint64_t flags = b.u64();
-  if (flags & 0xFFFFFFFEull) return r.fail("CONF: unknown flags (written by a newer version?)");
+  if (flags & 0xFFFFFFFCull) return r.fail("CONF: unknown flags (written by a newer version?)");
   c.sampling_correction = (flags & 1) != 0;
+  c.exact_retrieval = (flags & 2) != 0;
   c.detector_sample = uint32_t(flags >> 32);
   c.infer_shortlist = b.u32();
   if (uint32_t(c.simd) > 2) return r.fail("CONF: unknown SIMD setting");

@@ -424,9 +424,14 @@ struct Config {
   // rebuilt once per epoch only (for InferMode::lsh), not maintained during training.
   uint32_t min_active = 256;
   uint32_t max_active = 64;       // 0 = no cap; else keep the max_active most-hit retrieved neurons
+  // Measurement aid: retrieve, by brute force over all N neurons, the max_active (> 0) highest-
+  // scoring neurons outside S instead of querying the tables: what a perfect hash function would
+  // retrieve. Costs a full softmax's forward pass per batch.
+  bool exact_retrieval = false;
   // Subtract log(inclusion probability) from the shared set's logits (the sampled-softmax
-  // correction): frequent labels are sampled as negatives more often than rare ones, which
-  // otherwise biases the model against them and makes it over-fit sooner.
+  // correction), except for each example's own labels, which are in its active set for sure:
+  // frequent labels are sampled as negatives more often than rare ones, which otherwise biases
+  // the model against them and makes it over-fit sooner.
   bool sampling_correction = true;
   // InferMode::lsh scores the retrieved neurons and this many of the most frequent training labels
   // (counted during training, kept in model files); 0 = retrieved neurons only.

@@ -34,6 +34,7 @@ struct Options {
 };
 
 void usage(FILE* out) {
+  const mongoose::Config d;  // the defaults shown below are the library's
   std::fprintf(out,
                "usage: mongoose-train --train FILE --test FILE [options]\n"
                "  --hidden N          hidden units (128)\n"
@@ -49,10 +50,12 @@ void usage(FILE* out) {
                "  --output full|lsh|mongoose  output layer (full); mongoose = lsh with the\n"
                "                      detect scheduler and learned hashing on\n"
                "  --hash simhash|dwta hash family for lsh (simhash)\n"
-               "  --K N --L N         bits per table, tables (6, 50)\n"
+               "  --K N --L N         bits per table, tables (%u, %u)\n"
                "  --bucket-capacity N ids per bucket (128)\n"
-               "  --min-active N      pad active sets to this size (1000)\n"
-               "  --max-active N      cap active sets, 0 = no cap (0)\n"
+               "  --min-active N      shared set: batch labels plus random neurons up to N (%u)\n"
+               "  --max-active N      retrieved neurons per example, 0 = no cap (%u)\n"
+               "  --exact-retrieval on|off  retrieve the max-active best neurons by brute force\n"
+               "                      instead of the tables: the perfect-hashing bound (off)\n"
                "  --rehash-every N    re-insert all neurons every N batches, 0 = never (50)\n"
                "  --rehash-decay X    period grows by exp(X * rehashes) (0)\n"
                "  --new-hash-every N  new hash functions every N batches, 0 = never (0)\n"
@@ -70,7 +73,8 @@ void usage(FILE* out) {
                "  --save FILE         save the trained model (atomically: FILE.tmp, then rename)\n"
                "  --load FILE         start from a saved model (continue training, or --epochs 0 to\n"
                "                      only evaluate); its shape and index settings win\n"
-               "  --scalar            force the portable scalar kernels\n");
+               "  --scalar            force the portable scalar kernels\n",
+               d.K, d.L, d.min_active, d.max_active);
 }
 
 bool parse_number(const char* s, double* out) {
@@ -156,6 +160,7 @@ std::string parse_args(int argc, char** argv, Options* o) {
     else if (a == "--hash-lr") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.hash_lr = float(x); }
     else if (a == "--hash-steps") { if (!num(1, 10000)) return bad("1..10000"); o->cfg.hash_steps = uint32_t(x); }
     else if (a == "--binarize") { if (!onoff(&o->cfg.hash_binarize)) return bad("on or off"); }
+    else if (a == "--exact-retrieval") { if (!onoff(&o->cfg.exact_retrieval)) return bad("on or off"); }
     else if (a == "--sampling-correction") { if (!onoff(&o->cfg.sampling_correction)) return bad("on or off"); }
     else if (a == "--infer") {
       if (v != "full" && v != "lsh") return bad("full or lsh");

@@ -77,11 +77,35 @@ struct Reference {
     }
   }
 
+  // The sampled softmax of OutputMode::lsh with min_active = 0 and exact_retrieval, as the header
+  // documents it: S = the batch's labels; example e's softmax runs over S plus the `retrieve`
+  // best-scoring neurons outside S; S's logits other than e's own labels are lowered by
+  // log(1 - (1 - f_j)^B), f_j the fraction of the examples so far (this batch included) labelled
+  // j; only active rows are updated (lazy Adam).
+  struct Sampling {
+    size_t retrieve = 0;
+    bool correction = true;
+    std::vector<double> label_count;
+    double examples = 0;
+  };
+
   // One batch: mean softmax cross-entropy with target 1/|y| on each label.
-  double step(const Dataset& d, const std::vector<uint32_t>& rows) {
+  double step(const Dataset& d, const std::vector<uint32_t>& rows, Sampling* sampling = nullptr) {
     ++t;
     size_t B = rows.size();
     std::vector<double> h(B * H), dh(B * H, 0), gW2(N * ld, 0);
+    std::vector<bool> in_batch(N, !sampling), updated(N, !sampling);
+    if (sampling) {
+      sampling->label_count.resize(N, 0);
+      for (uint32_t row : rows) {
+        Dataset::Row r = d.row(row);
+        for (size_t k = 0; k < r.num_labels; ++k) {
+          in_batch[r.labels[k]] = updated[r.labels[k]] = true;
+          sampling->label_count[r.labels[k]] += 1;
+        }
+      }
+      sampling->examples += double(B);
+    }
     double loss = 0;
     for (size_t e = 0; e < B; ++e) {
       Dataset::Row r = d.row(rows[e]);
@@ -98,12 +122,33 @@ struct Reference {
         z[j] = s;
         mx = std::max(mx, s);
       }
+      std::vector<bool> active = in_batch;
+      if (sampling) {
+        std::vector<uint32_t> outside;
+        for (uint32_t j = 0; j < N; ++j)
+          if (!in_batch[j]) outside.push_back(j);
+        size_t take = std::min(sampling->retrieve, outside.size());
+        std::partial_sort(outside.begin(), outside.begin() + ptrdiff_t(take), outside.end(),
+                          [&](uint32_t a, uint32_t b) { return z[a] > z[b]; });
+        for (size_t i = 0; i < take; ++i) active[outside[i]] = updated[outside[i]] = true;
+        for (uint32_t j = 0; j < N; ++j) {
+          bool own = std::find(r.labels, r.labels + r.num_labels, j) != r.labels + r.num_labels;
+          if (!in_batch[j] || own || !sampling->correction) continue;
+          double f = sampling->label_count[j] / sampling->examples;
+          z[j] -= std::log(1.0 - std::pow(1.0 - f, double(B)));
+        }
+        mx = -1e300;
+        for (size_t j = 0; j < N; ++j)
+          if (active[j]) mx = std::max(mx, z[j]);
+      }
       double sum = 0;
-      for (double x : z) sum += std::exp(x - mx);
+      for (size_t j = 0; j < N; ++j)
+        if (active[j]) sum += std::exp(z[j] - mx);
       double lse = mx + std::log(sum);
       double tl = 1.0 / double(r.num_labels);
-      std::vector<double> dz(N);
-      for (size_t j = 0; j < N; ++j) dz[j] = std::exp(z[j] - lse);
+      std::vector<double> dz(N, 0.0);
+      for (size_t j = 0; j < N; ++j)
+        if (active[j]) dz[j] = std::exp(z[j] - lse);
       for (size_t k = 0; k < r.num_labels; ++k) {
         dz[r.labels[k]] -= tl;
         loss += tl * (lse - z[r.labels[k]]);
@@ -117,7 +162,8 @@ struct Reference {
         gW2[j * ld + H] += g;
       }
     }
-    for (size_t j = 0; j < N; ++j) adam(&W2[j * ld], &gW2[j * ld], &mW2[j * ld], &vW2[j * ld], ld);
+    for (size_t j = 0; j < N; ++j)
+      if (updated[j]) adam(&W2[j * ld], &gW2[j * ld], &mW2[j * ld], &vW2[j * ld], ld);
     // Input layer: only rows of features present in the batch.
     std::vector<double> gW1(D * H, 0), gb1(H, 0);
     std::vector<bool> touched(D, false);
@@ -214,6 +260,42 @@ TEST_CASE("model: lsh with every neuron active trains like the full softmax") {
   CHECK(max_abs_diff(w.W2, ref.W2) < 2e-5);
   CHECK(m.stats().rehashes == 0);
   CHECK(m.stats().active_mean() == doctest::Approx(double(d.labels)));
+}
+
+TEST_CASE("model: the sampled softmax (shared batch labels, retrieved neurons, correction) equals a reference") {
+  Dataset d = tiny_dataset(32, 13, 40, 8);
+  for (uint32_t threads : {1u, 2u}) {
+    for (bool correction : {true, false}) {
+      CAPTURE(threads);
+      CAPTURE(correction);
+      Config c = small_config(OutputMode::lsh, Simd::automatic);
+      c.threads = threads;
+      c.min_active = 0;  // S = the batch's labels only
+      c.max_active = 3;
+      c.exact_retrieval = true;
+      c.sampling_correction = correction;
+      Model m;
+      REQUIRE(m.init(c, d.features, d.labels).ok());
+      Reference ref(m);
+      Reference::Sampling sampling;
+      sampling.retrieve = 3;
+      sampling.correction = correction;
+      for (int s = 0; s < 4; ++s) {
+        std::vector<uint32_t> rows;
+        for (uint32_t r = 0; r < 8; ++r) rows.push_back(uint32_t(s * 8) + r);
+        float loss = 0;
+        REQUIRE(m.train_batch(d, rows.data(), rows.size(), &loss).ok());
+        double ref_loss = ref.step(d, rows, &sampling);
+        CHECK(loss == doctest::Approx(ref_loss).epsilon(1e-5));
+      }
+      Model::Weights w = m.weights();
+      CHECK(max_abs_diff(w.W1, ref.W1) < 2e-5);
+      CHECK(max_abs_diff(w.b1, ref.b1) < 2e-5);
+      CHECK(max_abs_diff(w.W2, ref.W2) < 2e-5);
+      // Rows never active keep their initial weights: the update is lazy.
+      CHECK(m.stats().active_mean() < double(d.labels));
+    }
+  }
 }
 
 TEST_CASE("model: training is deterministic for a fixed seed and thread count") {
