@@ -2270,39 +2270,37 @@ struct Model::Impl {
   void train_projection(const Pair* pairs, size_t n, const std::vector<float>& qs) {
     const size_t dim = H + 2, bits = size_t(cfg.K) * cfg.L;
     const size_t np = size_t(dim) * bits;
+    const size_t nq = qs.size() / ld;
     std::vector<float> P(hasher.projection().begin(), hasher.projection().end());
     std::vector<float> M(np, 0.0f), V(np, 0.0f), G(np, 0.0f);
-    // Pair inputs: Xq (n x dim) the queries [h, 1, 0], Xw (n x dim) the MIPS items.
-    std::vector<float> Xq(n * dim), Xw;
+    // The pairs share a few queries: Xq (nq x dim) holds them once, [h, 1, 0]; Xw (n x dim) the
+    // pairs' MIPS items. The query side is computed, and its gradient summed, per query.
+    std::vector<float> Xq(nq * dim), Xw;
+    for (size_t i = 0; i < nq; ++i) std::memcpy(&Xq[i * dim], &qs[i * ld], dim * sizeof(float));
     std::vector<uint32_t> ids(n);
-    for (size_t i = 0; i < n; ++i) {
-      std::memcpy(&Xq[i * dim], &qs[size_t(pairs[i].query) * ld], dim * sizeof(float));
-      ids[i] = pairs[i].item;
-    }
+    for (size_t i = 0; i < n; ++i) ids[i] = pairs[i].item;
     mips_items(ids.data(), 0, n, mips_norm2, Xw);
-    std::vector<float> U(n * bits), Wv(n * bits), DU(n * bits), DV(n * bits);
+    std::vector<float> U(nq * bits), Wv(n * bits), DU(n * bits), DUq(nq * bits), DV(n * bits);
     // Pairs are split over the workers for the forward pass, input dimensions for the gradient.
     const size_t chunk = 64;
     std::vector<double> chunk_loss((n + chunk - 1) / chunk);
-    // backward: fill DU, DV; want_loss: return the mean loss (else 0).
+    // backward: fill DUq, DV; want_loss: return the mean loss (else 0).
     auto forward = [&](bool backward, bool want_loss) {
+      std::fill(U.begin(), U.end(), 0.0f);
+      k->gemm_nn_acc(nq, bits, dim, Xq.data(), dim, P.data(), bits, U.data(), bits);
+      for (float& u : U) u = tanh_fast(u);
       run_chunks(n, chunk, [&](size_t i0, size_t i1, uint32_t) {
-        const size_t m = i1 - i0;
-        float* u0 = &U[i0 * bits];
         float* v0 = &Wv[i0 * bits];
-        std::fill(u0, u0 + m * bits, 0.0f);
-        std::fill(v0, v0 + m * bits, 0.0f);
-        k->gemm_nn_acc(m, bits, dim, &Xq[i0 * dim], dim, P.data(), bits, u0, bits);
-        k->gemm_nn_acc(m, bits, dim, &Xw[i0 * dim], dim, P.data(), bits, v0, bits);
+        std::fill(v0, v0 + (i1 - i0) * bits, 0.0f);
+        k->gemm_nn_acc(i1 - i0, bits, dim, &Xw[i0 * dim], dim, P.data(), bits, v0, bits);
         double loss = 0;
         for (size_t i = i0; i < i1; ++i) {
           float y = pairs[i].label;
           for (size_t t = 0; t < cfg.L; ++t) {
-            float* u = &U[i * bits + t * cfg.K];
+            const float* u = &U[size_t(pairs[i].query) * bits + t * cfg.K];
             float* v = &Wv[i * bits + t * cfg.K];
             float st = 0;
             for (size_t b = 0; b < cfg.K; ++b) {
-              u[b] = tanh_fast(u[b]);
               v[b] = tanh_fast(v[b]);
               st += u[b] * v[b];
             }
@@ -2318,6 +2316,10 @@ struct Model::Impl {
         }
         chunk_loss[i0 / chunk] = loss;
       });
+      if (backward) {  // per-query sums, in pair order (deterministic)
+        std::fill(DUq.begin(), DUq.end(), 0.0f);
+        for (size_t i = 0; i < n; ++i) k->add(&DU[i * bits], &DUq[size_t(pairs[i].query) * bits], bits);
+      }
       double loss = 0;
       for (double l : chunk_loss) loss += l;  // in chunk order: deterministic
       return loss / double(n);
@@ -2329,7 +2331,7 @@ struct Model::Impl {
       run_chunks(dim, 16, [&](size_t d0, size_t d1, uint32_t) {
         float* g = &G[d0 * bits];
         std::fill(g, g + (d1 - d0) * bits, 0.0f);
-        k->gemm_tn_acc(d1 - d0, bits, n, &Xq[d0], dim, DU.data(), bits, g, bits);
+        k->gemm_tn_acc(d1 - d0, bits, nq, &Xq[d0], dim, DUq.data(), bits, g, bits);
         k->gemm_tn_acc(d1 - d0, bits, n, &Xw[d0], dim, DV.data(), bits, g, bits);
         for (size_t d = d0; d < d1; ++d) k->adam(&P[d * bits], &G[d * bits], &M[d * bits], &V[d * bits], bits, st);
       });
