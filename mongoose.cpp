@@ -1659,7 +1659,7 @@ struct Model::Impl {
   Hasher detector;                      // small SimHash over [w_j, b_j]
   std::vector<uint32_t> detector_codes; // N: detector code at each neuron's last insertion
   std::vector<uint32_t> detector_new;   // N: scratch for a check
-  std::vector<float> inserted_rows;     // N x (H+1): weights at insertion (drift_epsilon > 0)
+  std::vector<float> inserted_rows;     // N x (H+1): weights at insertion (keeps_inserted_rows())
   float mips_norm2 = 0;                 // M^2 of the MIPS reduction at the last full build
   uint64_t next_check = 0, next_learn = 0;
   size_t last_batch_size = 0;           // queries[0..last_batch_size) hold the last batch's queries
@@ -2063,13 +2063,17 @@ struct Model::Impl {
     if (cfg.scheduler != Scheduler::fixed) {
       detector_codes.resize(N);
       detector_codes_of_all(detector_codes);
-      if (cfg.drift_epsilon > 0) {
-        inserted_rows.resize(N * (H + 1));
-        for (size_t j = 0; j < N; ++j) std::memcpy(&inserted_rows[j * (H + 1)], &W2[j * ld], (H + 1) * sizeof(float));
-      }
+      if (keeps_inserted_rows()) remember_inserted_rows();
     }
     stats.rehash_seconds += now_seconds() - t0;
     ++stats.rehashes;
+  }
+
+  // Only the incremental scheduler's drift test needs a copy of the weights as inserted.
+  bool keeps_inserted_rows() const { return cfg.scheduler == Scheduler::incremental && cfg.drift_epsilon > 0; }
+  void remember_inserted_rows() {
+    inserted_rows.resize(N * (H + 1));
+    for (size_t j = 0; j < N; ++j) std::memcpy(&inserted_rows[j * (H + 1)], &W2[j * ld], (H + 1) * sizeof(float));
   }
 
   void detector_codes_of_all(std::vector<uint32_t>& out) {
@@ -2109,7 +2113,7 @@ struct Model::Impl {
       uint32_t diff = detector_codes[j] ^ detector_new[j];
       flipped += uint64_t(popcount32(diff));
       bool moved = diff != 0;
-      if (!moved && cfg.drift_epsilon > 0) {
+      if (!moved && keeps_inserted_rows()) {
         const float* now = &W2[j * ld];
         const float* then = &inserted_rows[j * (H + 1)];
         float d2 = 0, n2 = 0;
@@ -2143,7 +2147,7 @@ struct Model::Impl {
       tables.update(j, old_codes, &fresh[i * cfg.L]);
       std::memcpy(old_codes, &fresh[i * cfg.L], cfg.L * sizeof(uint32_t));
       detector_codes[j] = detector_new[j];
-      if (cfg.drift_epsilon > 0) std::memcpy(&inserted_rows[size_t(j) * (H + 1)], &W2[size_t(j) * ld], (H + 1) * sizeof(float));
+      if (keeps_inserted_rows()) std::memcpy(&inserted_rows[size_t(j) * (H + 1)], &W2[size_t(j) * ld], (H + 1) * sizeof(float));
     }
     stats.reinserted += changed.size();
     stats.reinsert_seconds += now_seconds() - t0;
@@ -3213,8 +3217,7 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
     m.tables.build(m.item_codes.data(), size_t(N), m.threads());
     if (c.scheduler != Scheduler::fixed) {
       m.detector_codes_of_all(m.detector_codes);
-      if (c.drift_epsilon > 0)
-        for (size_t j = 0; j < N; ++j) std::memcpy(&m.inserted_rows[j * (H + 1)], &m.W2[j * ld], size_t(H + 1) * sizeof(float));
+      if (m.keeps_inserted_rows()) m.remember_inserted_rows();
     }
   }
   char tag[5];
