@@ -498,7 +498,8 @@ struct TrainStats {
   // Hash learning.
   uint64_t learn_rounds = 0;
   uint64_t pairs_mined = 0;      // positive + negative pairs, all rounds
-  double learn_seconds = 0;
+  double learn_seconds = 0;      // mining pairs and training the projection; the rebuild that
+                                 // ends each round is counted in rehash_seconds
   double learn_loss_before = 0, learn_loss_after = 0;      // last round: BCE summed over the L
                                                            // tables, mean over pairs
   double recall_before_sum = 0, recall_after_sum = 0;      // top-5 retrieval recall, summed over rounds
