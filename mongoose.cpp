@@ -1783,6 +1783,15 @@ struct Model::Impl {
     return loss;
   }
 
+  // out (n x N) = Q W2^T for n queries Q (rows of ld): every neuron's logit, in parallel over
+  // blocks of output rows.
+  void score_all_neurons(const float* Q, size_t n, float* out) const {
+    pool->run((N + 127) / 128, [&](size_t b, uint32_t) {
+      size_t j0 = b * 128, j1 = std::min(N, j0 + 128);
+      k->gemm_nt(n, j1 - j0, ld, Q, ld, W2.data() + j0 * ld, ld, out + j0, N);
+    });
+  }
+
   // ---- Full softmax: blocked GEMMs; each block of output rows is updated while in cache. ----
   void full_forward_backward(const Dataset& data, const uint32_t* rows, size_t B, size_t labelled,
                              const AdamStep& st) {
@@ -1790,10 +1799,7 @@ struct Model::Impl {
     const size_t nb = 128;
     const size_t blocks = (N + nb - 1) / nb;
     double t0 = now_seconds();
-    pool->run(blocks, [&](size_t b, uint32_t) {
-      size_t j0 = b * nb, j1 = std::min(N, j0 + nb);
-      k->gemm_nt(B, j1 - j0, ld, queries.data(), ld, W2.data() + j0 * ld, ld, logits.data() + j0, N);
-    });
+    score_all_neurons(queries.data(), B, logits.data());
     const float scale = 1.0f / float(labelled);
     run_chunks(B, 4, [&](size_t e0, size_t e1, uint32_t) {
       for (size_t e = e0; e < e1; ++e) {
@@ -1915,10 +1921,7 @@ struct Model::Impl {
       // Every neuron's score, to retrieve the best ones by brute force (counted as query time).
       double q0 = now_seconds();
       if (logits.size() < B * N) logits.resize(B * N);
-      pool->run((N + 127) / 128, [&](size_t b, uint32_t) {
-        size_t j0 = b * 128, j1 = std::min(N, j0 + 128);
-        k->gemm_nt(B, j1 - j0, ld, queries.data(), ld, W2.data() + j0 * ld, ld, logits.data() + j0, N);
-      });
+      score_all_neurons(queries.data(), B, logits.data());
       stats.query_seconds += now_seconds() - q0;
       t1 += now_seconds() - q0;  // not forward/backward time
     }
@@ -2203,12 +2206,7 @@ struct Model::Impl {
     std::vector<float> qs(nq * ld);
     for (size_t i = 0; i < nq; ++i) std::memcpy(&qs[i * ld], &queries[(i * B / nq) * ld], ld * sizeof(float));
     std::vector<float> scores(nq * N);
-    pool->run((N + 1023) / 1024, [&](size_t b, uint32_t) {
-      size_t j0 = b * 1024, j1 = std::min(N, j0 + 1024);
-      std::vector<float> part(nq * (j1 - j0));
-      k->gemm_nt(nq, j1 - j0, ld, qs.data(), ld, W2.data() + j0 * ld, ld, part.data(), j1 - j0);
-      for (size_t i = 0; i < nq; ++i) std::memcpy(&scores[i * N + j0], &part[i * (j1 - j0)], (j1 - j0) * sizeof(float));
-    });
+    score_all_neurons(qs.data(), nq, scores.data());
     stats.recall_before_sum += top_recall(qs.data(), nq, 5, scores, w);
     // Mine: positives are top-0.1% (and > 0) neurons the tables missed; negatives are
     // below-median neurons they retrieved.
