@@ -1276,6 +1276,57 @@ void Hasher::hash_batch(const float* vs, size_t n, size_t ld, uint32_t* codes,
   }
 }
 
+namespace {
+// Triplet loss of one table for u = tanh(P_t^T q) and v+, v- (K values each): the hinge
+// max(0, margin - cos(u, v+) + cos(u, v-)). With `scale` != 0 it also writes scale times the
+// gradient with respect to the pre-tanh values into du, dvp, dvn.
+float triplet_hinge(const float* u, const float* vp, const float* vn, size_t K, float margin, float scale,
+                           float* du, float* dvp, float* dvn) {
+  float uu = 0, pp = 0, nn = 0, up = 0, un = 0;
+  for (size_t b = 0; b < K; ++b) {
+    uu += u[b] * u[b]; pp += vp[b] * vp[b]; nn += vn[b] * vn[b];
+    up += u[b] * vp[b]; un += u[b] * vn[b];
+  }
+  // A zero vector has no direction: its norm is floored so the cosine is 0, not NaN.
+  const float nu = std::sqrt(std::max(uu, 1e-12f)), np = std::sqrt(std::max(pp, 1e-12f)), nv = std::sqrt(std::max(nn, 1e-12f));
+  const float cp = up / (nu * np), cn = un / (nu * nv);
+  const float hinge = margin - cp + cn;
+  if (scale == 0.0f) return std::max(hinge, 0.0f);
+  for (size_t b = 0; b < K; ++b) {
+    float gu = 0, gp = 0, gn = 0;
+    if (hinge > 0) {
+      // d cos(a, c) / da = c / (|a||c|) - cos(a, c) a / |a|^2
+      gu = -(vp[b] / (nu * np) - cp * u[b] / (nu * nu)) + (vn[b] / (nu * nv) - cn * u[b] / (nu * nu));
+      gp = -(u[b] / (nu * np) - cp * vp[b] / (np * np));
+      gn = u[b] / (nu * nv) - cn * vn[b] / (nv * nv);
+    }
+    du[b] = scale * gu * (1.0f - u[b] * u[b]);
+    dvp[b] = scale * gp * (1.0f - vp[b] * vp[b]);
+    dvn[b] = scale * gn * (1.0f - vn[b] * vn[b]);
+  }
+  return std::max(hinge, 0.0f);
+}
+}  // namespace
+
+float triplet_hinge_loss(const float* a, const float* bp, const float* bn, size_t K, float margin, float* da,
+                         float* dbp, float* dbn) {
+  std::vector<float> t(3 * K), g(3 * K);
+  for (size_t b = 0; b < K; ++b) {
+    t[b] = std::tanh(a[b]);
+    t[K + b] = std::tanh(bp[b]);
+    t[2 * K + b] = std::tanh(bn[b]);
+  }
+  const bool grad = da && dbp && dbn;
+  float loss = triplet_hinge(t.data(), t.data() + K, t.data() + 2 * K, K, margin, grad ? 1.0f : 0.0f, g.data(),
+                             g.data() + K, g.data() + 2 * K);
+  if (grad) {
+    std::copy(g.begin(), g.begin() + ptrdiff_t(K), da);
+    std::copy(g.begin() + ptrdiff_t(K), g.begin() + ptrdiff_t(2 * K), dbp);
+    std::copy(g.begin() + ptrdiff_t(2 * K), g.end(), dbn);
+  }
+  return loss;
+}
+
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Hash tables
 //-----------------------------------------------------------------------------------------------
@@ -1552,6 +1603,8 @@ Status validate(const Config& c) {
     if (c.exact_retrieval && c.max_active == 0) return Status::error("Config.exact_retrieval needs max_active > 0 (how many neurons to retrieve)");
     if (c.learn_hash && c.hash != HashFamily::simhash) return Status::error("Config.learn_hash needs hash = simhash (DWTA has no projection to learn)");
     if (c.learn_queries < 1) return Status::error("Config.learn_queries = 0 out of range [1, 2^32)");
+    if (uint32_t(c.hash_loss) > uint32_t(HashLoss::triplet)) return Status::error(strf("Config.hash_loss = %u is not a HashLoss", unsigned(c.hash_loss)));
+    if (!(c.triplet_margin > 0.0f && c.triplet_margin <= 2.0f)) return Status::error(strf("Config.triplet_margin = %g out of range (0, 2]", double(c.triplet_margin)));
     if (c.hash_steps < 1 || c.hash_steps > 10000) return Status::error(strf("Config.hash_steps = %u out of range [1, 10000]", c.hash_steps));
     if (!(c.hash_lr > 0.0f && c.hash_lr <= 1.0f)) return Status::error(strf("Config.hash_lr = %g out of range (0, 1]", double(c.hash_lr)));
   }
@@ -2231,24 +2284,45 @@ struct Model::Impl {
       }
       wk.qr.clear();
     });
-    std::vector<Pair> pos, neg;
-    for (size_t i = 0; i < nq; ++i) {
-      pos.insert(pos.end(), pos_of[i].begin(), pos_of[i].end());
-      neg.insert(neg.end(), neg_of[i].begin(), neg_of[i].end());
-    }
-    // Balance by down-sampling the larger set (seeded).
     Rng rng(mix_seed(cfg.seed, 0x1EA7u, stats.learn_rounds));
     auto downsample = [&](std::vector<Pair>& v, size_t n) {
       for (size_t i = 0; i < n && i < v.size(); ++i) std::swap(v[i], v[i + rng.below(uint32_t(v.size() - i))]);
       if (v.size() > n) v.resize(n);
     };
-    // At most 256 of each keeps a round cheap (the loss is a mean over pairs).
-    size_t n = std::min<size_t>(256, std::min(pos.size(), neg.size()));
-    downsample(pos, n);
-    downsample(neg, n);
-    ++stats.learn_rounds;
-    if (n > 0) {
+    // At most 256 positives and 256 negatives (or 256 triplets) keep a round cheap: the loss is a
+    // mean over them.
+    std::vector<Pair> pos, neg;
+    if (cfg.hash_loss == HashLoss::triplet) {
+      // Each positive meets a random negative of its own query: pairs 2t and 2t+1 form triplet t.
+      std::vector<Pair> trip;
+      for (size_t i = 0; i < nq; ++i)
+        for (const Pair& p : pos_of[i])
+          if (!neg_of[i].empty()) {
+            trip.push_back(p);
+            trip.push_back(neg_of[i][rng.below(uint32_t(neg_of[i].size()))]);
+          }
+      size_t t = std::min<size_t>(256, trip.size() / 2);
+      for (size_t i = 0; i < t; ++i) {  // keep t random triplets, each as its two pairs
+        size_t j = i + rng.below(uint32_t(trip.size() / 2 - i));
+        std::swap(trip[2 * i], trip[2 * j]);
+        std::swap(trip[2 * i + 1], trip[2 * j + 1]);
+      }
+      trip.resize(2 * t);
+      pos.swap(trip);
+    } else {
+      for (size_t i = 0; i < nq; ++i) {
+        pos.insert(pos.end(), pos_of[i].begin(), pos_of[i].end());
+        neg.insert(neg.end(), neg_of[i].begin(), neg_of[i].end());
+      }
+      // Balance by down-sampling the larger set (seeded).
+      size_t n = std::min<size_t>(256, std::min(pos.size(), neg.size()));
+      downsample(pos, n);
+      downsample(neg, n);
+      if (n == 0) pos.clear();
       pos.insert(pos.end(), neg.begin(), neg.end());
+    }
+    ++stats.learn_rounds;
+    if (!pos.empty()) {
       stats.pairs_mined += pos.size();
       train_projection(pos.data(), pos.size(), qs);
     }
@@ -2266,8 +2340,9 @@ struct Model::Impl {
     return std::copysign(t, x);
   }
 
-  // A few Adam steps on the projection P (dim x K*L) for the per-table loss
-  // BCE(sigmoid(tanh(P_t^T q) . tanh(P_t^T w)), label), summed over tables, mean over pairs.
+  // A few Adam steps on the projection P (dim x K*L) for the per-table hash_loss, summed over
+  // tables: BCE(sigmoid(tanh(P_t^T q) . tanh(P_t^T w)), label), mean over pairs; or the triplet
+  // hinge (pairs 2t and 2t+1 are triplet t's positive and negative), mean over triplets.
   template <class Pair>
   void train_projection(const Pair* pairs, size_t n, const std::vector<float>& qs) {
     const size_t dim = H + 2, bits = size_t(cfg.K) * cfg.L;
@@ -2286,6 +2361,7 @@ struct Model::Impl {
     // Pairs are split over the workers for the forward pass, input dimensions for the gradient.
     const size_t chunk = 64;
     std::vector<double> chunk_loss((n + chunk - 1) / chunk);
+    const bool triplet = cfg.hash_loss == HashLoss::triplet;
     // backward: fill DUq, DV; want_loss: return the mean loss (else 0).
     auto forward = [&](bool backward, bool want_loss) {
       std::fill(U.begin(), U.end(), 0.0f);
@@ -2306,6 +2382,7 @@ struct Model::Impl {
               v[b] = tanh_fast(v[b]);
               st += u[b] * v[b];
             }
+            if (triplet) continue;  // the triplet loss needs both items' codes: below
             // BCE with logits, stable: log(1 + e^s) - y s.
             if (want_loss) loss += double(std::max(st, 0.0f) + std::log1p(std::exp(-std::fabs(st))) - y * st);
             if (!backward) continue;
@@ -2318,6 +2395,22 @@ struct Model::Impl {
         }
         chunk_loss[i0 / chunk] = loss;
       });
+      if (triplet) {  // a few hundred triplets of L x K values: serial is cheap and deterministic
+        std::fill(chunk_loss.begin(), chunk_loss.end(), 0.0);
+        const size_t nt = n / 2;
+        double loss = 0;
+        for (size_t t = 0; t < nt; ++t) {
+          const size_t ip = 2 * t, in = 2 * t + 1;
+          for (size_t tb = 0; tb < cfg.L; ++tb) {
+            const size_t o = tb * cfg.K;
+            loss += double(triplet_hinge(&U[size_t(pairs[ip].query) * bits + o], &Wv[ip * bits + o], &Wv[in * bits + o], cfg.K,
+                                         cfg.triplet_margin, backward ? 1.0f / float(nt) : 0.0f,
+                                         &DU[ip * bits + o], &DV[ip * bits + o], &DV[in * bits + o]));
+            if (backward) std::fill(&DU[in * bits + o], &DU[in * bits + o] + cfg.K, 0.0f);
+          }
+        }
+        chunk_loss[0] = loss * double(n) / double(nt);  // the return below divides by n
+      }
       if (backward) {  // per-query sums, in pair order (deterministic)
         std::fill(DUq.begin(), DUq.end(), 0.0f);
         for (size_t i = 0; i < n; ++i) k->add(&DU[i * bits], &DUq[size_t(pairs[i].query) * bits], bits);
@@ -2803,7 +2896,7 @@ struct Crc32cTable {
 };
 constexpr Crc32cTable kCrc32c{};
 
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;
 constexpr char kMagic[8] = {'M', 'O', 'N', 'G', 'O', 'O', 'S', 'E'};
 
 bool host_is_little_endian() {
@@ -2959,7 +3052,8 @@ class SectionReader {
   char tag_[5] = {0};
 };
 
-constexpr size_t kConfBytes = 4 * 33 + 8 * 8;  // 33 four-byte fields, 8 eight-byte ones
+constexpr size_t kConfBytes = 4 * 35 + 8 * 8;  // 35 four-byte fields, 8 eight-byte ones
+constexpr size_t kConfBytesV1 = kConfBytes - 8;  // version 1 lacked hash_loss and triplet_margin
 
 }  // namespace
 
@@ -2985,6 +3079,7 @@ std::string encode_conf(const Config& c, const Model::Impl& m) {
   // bit 0: sampling_correction; bit 1: exact_retrieval; bits 32..63: detector_sample
   b.u64((c.sampling_correction ? 1 : 0) | (c.exact_retrieval ? 2 : 0) | uint64_t(c.detector_sample) << 32);
   b.u32(c.infer_shortlist);
+  b.u32(uint32_t(c.hash_loss)); b.f32(c.triplet_margin);  // added in format version 2
   return b.b;
 }
 }  // namespace
@@ -3077,7 +3172,9 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   if (std::memcmp(head, kMagic, 8) != 0) return Status::error(path + ": not a mongoose model (wrong magic number)");
   BytesReader hr{head + 8, 8};
   uint32_t version = hr.u32(), sections = hr.u32();
-  if (version != kFormatVersion) return Status::error(strf("%s: unknown format version %u (this library reads version %u)", path.c_str(), version, kFormatVersion));
+  if (version != kFormatVersion && version != 1)
+    return Status::error(strf("%s: unknown format version %u (this library reads versions 1 to %u)", path.c_str(), version, kFormatVersion));
+  const size_t conf_bytes = version == 1 ? kConfBytesV1 : kConfBytes;
   if (sections < 5 || sections > 9) return Status::error(strf("%s: implausible section count %u", path.c_str(), sections));
 
   uint32_t sections_read = 0;
@@ -3094,9 +3191,9 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
     return Status();
   };
   // CONF
-  st = expect("CONF", kConfBytes, nullptr);
+  st = expect("CONF", conf_bytes, nullptr);
   if (!st.ok()) return st;
-  std::vector<unsigned char> conf(kConfBytes);
+  std::vector<unsigned char> conf(conf_bytes);
   st = r.payload(conf.data(), conf.size());
   if (!st.ok()) return st;
   st = r.check_crc();
@@ -3118,6 +3215,10 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   c.exact_retrieval = (flags & 2) != 0;
   c.detector_sample = uint32_t(flags >> 32);
   c.infer_shortlist = b.u32();
+  if (version >= 2) {
+    c.hash_loss = HashLoss(b.u32());
+    c.triplet_margin = b.f32();
+  }
   if (uint32_t(c.simd) > 2) return r.fail("CONF: unknown SIMD setting");
   if (options.override_training) {
     const Config& o = *options.override_training;

@@ -281,6 +281,13 @@ class Hasher {
   void dwta_codes(const float* bin_max_values, const uint32_t* bin_winner, uint32_t* codes) const;
 };
 
+// The hash learner's triplet loss for one table (HashLoss::triplet), exposed so it can be checked.
+// a, bp, bn are the K pre-tanh projections P_t^T q, P_t^T w+, P_t^T w-; returns
+// max(0, margin - cos(tanh a, tanh bp) + cos(tanh a, tanh bn)) (a zero vector's cosine is 0).
+// When da, dbp, dbn are not null they receive the gradient with respect to a, bp and bn.
+float triplet_hinge_loss(const float* a, const float* bp, const float* bn, size_t K, float margin,
+                         float* da = nullptr, float* dbp = nullptr, float* dbn = nullptr);
+
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Hash tables
 //-----------------------------------------------------------------------------------------------
@@ -374,6 +381,14 @@ enum class InferMode {
   lsh,   // score only the retrieved neurons and the frequent-label shortlist (needs an lsh model)
 };
 
+// What the hash learner minimises per table t, with u = tanh(P_t^T q), v = tanh(P_t^T w).
+enum class HashLoss {
+  bce,      // mined pairs: BCE(sigmoid(u . v), label), label 1 for missed top neurons, 0 for
+            // retrieved below-median ones
+  triplet,  // mined triplets (query, missed top neuron w+, retrieved below-median neuron w- of the
+            // same query): max(0, triplet_margin - cos(u, v+) + cos(u, v-))
+};
+
 // When the sampled layer's tables are brought up to date (see Config).
 enum class Scheduler {
   fixed,        // re-insert every neuron every rehash_every batches (SLIDE)
@@ -459,6 +474,8 @@ struct Config {
   uint32_t hash_steps = 20;       // Adam steps on the projection per round, 1..10000
   float hash_lr = 0.01f;          // Adam step size for the projection, (0, 1]
   bool hash_binarize = false;     // use sign(P) (+-1 projections) instead of the learned values
+  HashLoss hash_loss = HashLoss::bce;
+  float triplet_margin = 0.5f;    // HashLoss::triplet: hinge margin between the cosines, (0, 2]
 
   // Called after every batch; return false to stop training (train_epoch then returns ok).
   std::function<bool(const Progress&)> on_progress;
@@ -497,11 +514,12 @@ struct TrainStats {
   double last_flip_fraction = 0; // detector bits flipped at the last check
   // Hash learning.
   uint64_t learn_rounds = 0;
-  uint64_t pairs_mined = 0;      // positive + negative pairs, all rounds
+  uint64_t pairs_mined = 0;      // positive + negative pairs, all rounds (a triplet counts 2)
   double learn_seconds = 0;      // mining pairs and training the projection; the rebuild that
                                  // ends each round is counted in rehash_seconds
-  double learn_loss_before = 0, learn_loss_after = 0;      // last round: BCE summed over the L
-                                                           // tables, mean over pairs
+  double learn_loss_before = 0, learn_loss_after = 0;      // last round: the hash_loss summed
+                                                           // over the L tables, mean over pairs
+                                                           // (BCE) or triplets
   double recall_before_sum = 0, recall_after_sum = 0;      // top-5 retrieval recall, summed over rounds
   double active_sum = 0;         // sum over examples of the active-set size (lsh)
   double active_mean() const { return examples ? active_sum / double(examples) : 0.0; }
@@ -577,7 +595,8 @@ class Model {
 // [SECTION] Model I/O
 //-----------------------------------------------------------------------------------------------
 // File format (all integers and floats little-endian):
-//   "MONGOOSE" (8 bytes), format version (u32, currently 1), section count (u32), then sections:
+//   "MONGOOSE" (8 bytes), format version (u32, currently 2;
+//   version 1, written before Config::hash_loss existed, still loads, with the default loss), section count (u32), then sections:
 //   tag (4 ASCII bytes), payload length (u64), payload, CRC-32C (u32) of tag + length + payload.
 // Sections, in order: "CONF" (configuration, shapes, step counters), "W1  ", "B1  ", "W2  " (the
 // weights), "HASH" (SimHash projection, learned or not; lsh models), "CODE" (each neuron's table

@@ -6,7 +6,8 @@
 // Build:  c++ -O2 -std=c++17 -pthread bench/ablation.cpp mongoose.cpp -o bench-ablation
 // Run:    ./bench-ablation [--data DIR] [--epochs 5] [--threads 2] [--seeds 42]
 //                          [--datasets citeulike-t,delicious]
-//                          [--variants full,lsh-fixed,lsh-exact,lsh-detect,lsh-incremental,lsh-learned,mongoose]
+//                          [--variants full,lsh-fixed,lsh-exact,lsh-detect,lsh-incremental,lsh-learned,mongoose,
+//                                      mongoose-triplet]
 //         (DIR defaults to ../shared/data, relative to the current directory; it should hold
 //          citeulike-t/citeulike-t_{train,test}.txt and delicious/delicious_{train,test}.txt.
 //          A missing dataset is reported as "skipped: ... not found" and the run goes on.
@@ -27,6 +28,7 @@
 //   lsh-incremental  output=lsh, scheduler=incremental            (re-insert only moved neurons)
 //   lsh-learned      output=lsh, scheduler=fixed, learn_hash=true (learn at every rebuild)
 //   mongoose         output=lsh, scheduler=detect, learn_hash=true, learn_every=0 (as mongoose-train --output mongoose)
+//   mongoose-triplet as mongoose, with hash_loss=triplet (the learner's cosine triplet loss)
 //
 // What it measures. After every epoch each model is evaluated on the whole test set with
 // InferMode::full (P@1, P@5); evaluation is not training time (train seconds come from
@@ -110,6 +112,7 @@ struct VariantSpec {
   bool learn_hash;
   uint32_t learn_every;  // used only when learn_hash
   bool exact_retrieval;  // Config::exact_retrieval (lsh only)
+  mongoose::HashLoss hash_loss = mongoose::HashLoss::bce;
 };
 
 const VariantSpec kVariants[] = {
@@ -120,6 +123,7 @@ const VariantSpec kVariants[] = {
     {"lsh-incremental", OutputMode::lsh, Scheduler::incremental, false, 0, false},
     {"lsh-learned", OutputMode::lsh, Scheduler::fixed, true, 0, false},
     {"mongoose", OutputMode::lsh, Scheduler::detect, true, 0, false},
+    {"mongoose-triplet", OutputMode::lsh, Scheduler::detect, true, 0, false, mongoose::HashLoss::triplet},
 };
 
 struct Options : BenchOptions {
@@ -131,8 +135,9 @@ void usage(FILE* out) {
   print_common_usage(out, "bench-ablation");
   std::fprintf(out,
                "  --variants LIST      comma-separated subset of full,lsh-fixed,lsh-exact,lsh-detect,\n"
-               "                       lsh-incremental,lsh-learned,mongoose (all); lsh-exact retrieves by\n"
-               "                       brute force (Config::exact_retrieval, the perfect-hashing bound)\n"
+               "                       lsh-incremental,lsh-learned,mongoose,mongoose-triplet (all);\n"
+               "                       lsh-exact retrieves by brute force (Config::exact_retrieval,\n"
+               "                       the perfect-hashing bound)\n"
                "  --seeds LIST         comma-separated unsigned integers; every (dataset, variant) is\n"
                "                       trained once per seed, with Config::seed set to it (%llu)\n",
                (unsigned long long)Config().seed);
@@ -178,7 +183,8 @@ std::string parse_args(int argc, char** argv, Options* o) {
   for (const VariantSpec& v : kVariants) names.push_back(v.name);
   return parse_bench_args(int(rest.size()), rest.data(), o, usage,
                           {"--variants", &o->variants, names, "--variants needs at least one variant", "variant",
-                           "full, lsh-fixed, lsh-exact, lsh-detect, lsh-incremental, lsh-learned or mongoose"});
+                           "full, lsh-fixed, lsh-exact, lsh-detect, lsh-incremental, lsh-learned, mongoose or "
+                           "mongoose-triplet"});
 }
 
 Config config_of(const VariantSpec& v, uint32_t threads, uint64_t seed) {
@@ -191,6 +197,7 @@ Config config_of(const VariantSpec& v, uint32_t threads, uint64_t seed) {
     cfg.learn_hash = v.learn_hash;
     if (v.learn_hash) cfg.learn_every = v.learn_every;
     cfg.exact_retrieval = v.exact_retrieval;
+    cfg.hash_loss = v.hash_loss;
   }
   return cfg;
 }
@@ -590,8 +597,9 @@ int main(int argc, char** argv) {
     if (c.output == OutputMode::full)
       std::printf(" %s(output=full)", v->name);
     else
-      std::printf(" %s(lsh scheduler=%s learn_hash=%d learn_every=%u%s)", v->name, scheduler_name(c.scheduler),
-                  int(c.learn_hash), c.learn_every, c.exact_retrieval ? " exact_retrieval=1" : "");
+      std::printf(" %s(lsh scheduler=%s learn_hash=%d learn_every=%u%s%s)", v->name, scheduler_name(c.scheduler),
+                  int(c.learn_hash), c.learn_every, c.exact_retrieval ? " exact_retrieval=1" : "",
+                  c.learn_hash && c.hash_loss == mongoose::HashLoss::triplet ? " hash_loss=triplet" : "");
   }
   std::printf("\nseeds: %s\n(timings are wall clock and vary with machine load)\n", seeds_text(o.seeds).c_str());
   std::fflush(stdout);

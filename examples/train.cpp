@@ -68,13 +68,16 @@ void usage(FILE* out) {
                "  --hash-lr X         learning rate of the projection (0.01)\n"
                "  --hash-steps N      Adam steps per learning round (20)\n"
                "  --binarize on|off   use sign(learned projection) (off)\n"
+               "  --hash-loss bce|triplet  the learner's loss: BCE on mined pairs, or the cosine\n"
+               "                      triplet hinge on (query, missed top, retrieved low) (bce)\n"
+               "  --triplet-margin X  triplet: margin between the two cosines, (0, 2] (%g)\n"
                "  --sampling-correction on|off  subtract log(inclusion probability) from shared logits\n"
                "  --infer full|lsh    inference mode for the final evaluation (full)\n"
                "  --save FILE         save the trained model (atomically: FILE.tmp, then rename)\n"
                "  --load FILE         start from a saved model (continue training, or --epochs 0 to\n"
                "                      only evaluate); its shape and index settings win\n"
                "  --scalar            force the portable scalar kernels\n",
-               d.K, d.L, d.min_active, d.max_active);
+               d.K, d.L, d.min_active, d.max_active, double(d.triplet_margin));
 }
 
 bool parse_number(const char* s, double* out) {
@@ -160,6 +163,11 @@ std::string parse_args(int argc, char** argv, Options* o) {
     else if (a == "--hash-lr") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.hash_lr = float(x); }
     else if (a == "--hash-steps") { if (!num(1, 10000)) return bad("1..10000"); o->cfg.hash_steps = uint32_t(x); }
     else if (a == "--binarize") { if (!onoff(&o->cfg.hash_binarize)) return bad("on or off"); }
+    else if (a == "--hash-loss") {
+      if (v == "bce") o->cfg.hash_loss = mongoose::HashLoss::bce;
+      else if (v == "triplet") o->cfg.hash_loss = mongoose::HashLoss::triplet;
+      else return bad("bce or triplet");
+    } else if (a == "--triplet-margin") { if (!num(1e-9, 2)) return bad("a number in (0, 2]"); o->cfg.triplet_margin = float(x); }
     else if (a == "--exact-retrieval") { if (!onoff(&o->cfg.exact_retrieval)) return bad("on or off"); }
     else if (a == "--sampling-correction") { if (!onoff(&o->cfg.sampling_correction)) return bad("on or off"); }
     else if (a == "--infer") {

@@ -232,6 +232,8 @@ void check_same_config(const Config& a, const Config& b) {
   MONGOOSE_SAME(hash_steps);
   MONGOOSE_SAME(hash_lr);
   MONGOOSE_SAME(hash_binarize);
+  MONGOOSE_SAME(hash_loss);
+  MONGOOSE_SAME(triplet_margin);
 #undef MONGOOSE_SAME
 }
 
@@ -314,6 +316,8 @@ Config lsh_incremental_learned_config() {
   c.learn_queries = 8;
   c.hash_steps = 5;
   c.hash_lr = 0.02f;
+  c.hash_loss = HashLoss::triplet;
+  c.triplet_margin = 0.3f;
   c.hash_density = 0.5f;
   // Buckets larger than the label count never fill, so a bucket's contents are exactly the
   // neurons stored under its code, however they got there (rebuild or in-place update).
@@ -746,7 +750,7 @@ TEST_CASE("io: wrong magic, unknown version, missing file") {
   REQUIRE(save_model(m, good).ok());
   const std::string bytes = read_bytes(good);
   REQUIRE(bytes.substr(0, 8) == "MONGOOSE");
-  REQUIRE(get_le32(bytes, 8) == 1u);
+  REQUIRE(get_le32(bytes, 8) == 2u);
 
   const std::string bad = dir.file("bad.bin");
   std::string b = bytes;
@@ -759,7 +763,7 @@ TEST_CASE("io: wrong magic, unknown version, missing file") {
   CHECK(contains(expect_load_failure(bad), "not a mongoose model"));
 
   // Only the version field changes; everything after it is intact and valid.
-  for (uint32_t version : {0u, 2u, 0x01000000u, 0xFFFFFFFFu}) {
+  for (uint32_t version : {0u, 3u, 0x01000000u, 0xFFFFFFFFu}) {
     CAPTURE(version);
     b = bytes;
     put_le32(b, 8, version);
@@ -885,6 +889,38 @@ TEST_CASE("io: a CONF with a valid checksum but impossible shapes fails fast on 
     std::string msg = expect_load_failure(crafted);
     CHECK_MESSAGE(contains(msg, "expected"), msg);
   }
+}
+
+TEST_CASE("io: a version-1 file (no hash_loss fields) still loads, with the default loss") {
+  TempDir dir;
+  Dataset train, test;
+  synthetic(21, 11, 120, 30, 5, &train, &test);
+  Model m;
+  trained(lsh_config(), train, 1, &m);
+  const std::string path = dir.file("v2.bin");
+  REQUIRE(save_model(m, path).ok());
+  const std::string v2 = read_bytes(path);
+  const Section conf = find_section(sections_of(v2), "CONF");
+  // Version 1: CONF without its last 8 bytes (hash_loss u32, triplet_margin f32).
+  std::string v1 = v2.substr(0, conf.payload() + size_t(conf.length) - 8);
+  v1 += std::string(4, '\0');  // the CRC, set below
+  v1 += v2.substr(conf.end());
+  put_le32(v1, 8, 1u);
+  put_le64(v1, conf.offset + 4, conf.length - 8);
+  put_le32(v1, conf.crc() - 8, crc32c(v1.data() + conf.offset, 12 + size_t(conf.length) - 8));
+  const std::string old_path = dir.file("v1.bin");
+  write_bytes(old_path, v1);
+  Model loaded;
+  Status st = load_model(old_path, &loaded);
+  REQUIRE_MESSAGE(st.ok(), st.message());
+  CHECK(loaded.config().hash_loss == HashLoss::bce);
+  CHECK(loaded.config().triplet_margin == Config().triplet_margin);
+  check_same_predictions(m, loaded, test, InferMode::full, test.rows);
+  // A version-1 header in front of a version-2 CONF is refused: the sizes disagree.
+  std::string mixed = v2;
+  put_le32(mixed, 8, 1u);
+  write_bytes(old_path, mixed);
+  CHECK(contains(expect_load_failure(old_path), "CONF"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -471,7 +471,8 @@ struct SchedulerRun {
   double p1 = 0, recall = 0, retrieved = 0;
 };
 
-SchedulerRun run_scheduler(Scheduler scheduler, float tau, bool learn, uint32_t epochs = 2, uint32_t sample = 0) {
+SchedulerRun run_scheduler(Scheduler scheduler, float tau, bool learn, uint32_t epochs = 2, uint32_t sample = 0,
+                           HashLoss loss = HashLoss::bce) {
   SyntheticConfig sc;
   sc.train_rows = 4000;
   sc.test_rows = 500;
@@ -492,6 +493,7 @@ SchedulerRun run_scheduler(Scheduler scheduler, float tau, bool learn, uint32_t 
   c.check_every = 5;
   c.tau = tau;
   c.learn_hash = learn;
+  c.hash_loss = loss;
   c.detector_sample = sample;
   Model m;
   REQUIRE(m.init(c, train.features, train.labels).ok());
@@ -555,7 +557,96 @@ TEST_CASE("hash learning: rounds mine pairs, lower their loss and raise their re
   CHECK(after >= before);
 }
 
+TEST_CASE("hash learning: the triplet loss lowers its hinge and raises recall, deterministically") {
+  SchedulerRun random = run_scheduler(Scheduler::fixed, 0.3f, false);
+  SchedulerRun triplet = run_scheduler(Scheduler::fixed, 0.3f, true, 2, 0, HashLoss::triplet);
+  const TrainStats& s = triplet.stats;
+  REQUIRE(s.learn_rounds == s.rehashes);
+  CHECK(s.pairs_mined > 0);
+  CHECK(s.pairs_mined % 2 == 0);  // a triplet counts as its two pairs
+  CHECK(s.learn_loss_after < s.learn_loss_before);
+  double before = s.recall_before_sum / double(s.learn_rounds), after = s.recall_after_sum / double(s.learn_rounds);
+  MESSAGE("triplet hashing: recall@5 on mined queries " << before << " -> " << after << ", loss "
+          << s.learn_loss_before << " -> " << s.learn_loss_after << "; test recall@5 " << triplet.recall
+          << " (random projections " << random.recall << ")");
+  CHECK(after > before);
+  CHECK(triplet.recall > random.recall);
+  SchedulerRun again = run_scheduler(Scheduler::fixed, 0.3f, true, 2, 0, HashLoss::triplet);
+  CHECK(again.stats.learn_loss_after == s.learn_loss_after);
+  CHECK(again.stats.pairs_mined == s.pairs_mined);
+  CHECK(again.p1 == triplet.p1);
+}
+
+// Double-precision reference of the triplet hinge: cosines of the tanh'ed codes.
+double triplet_reference(const std::vector<double>& a, const std::vector<double>& p, const std::vector<double>& n,
+                         double margin) {
+  auto cosine = [](const std::vector<double>& x, const std::vector<double>& y) {
+    double xy = 0, xx = 0, yy = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      double tx = std::tanh(x[i]), ty = std::tanh(y[i]);
+      xy += tx * ty; xx += tx * tx; yy += ty * ty;
+    }
+    return xy / std::sqrt(std::max(xx, 1e-12) * std::max(yy, 1e-12));
+  };
+  return std::max(0.0, margin - cosine(a, p) + cosine(a, n));
+}
+
+TEST_CASE("hash learning: the triplet hinge and its gradient match a finite-difference reference") {
+  const size_t K = 8;
+  Rng rng(2024);
+  for (int trial = 0; trial < 40; ++trial) {
+    CAPTURE(trial);
+    std::vector<float> a(K), p(K), n(K), da(K), dp(K), dn(K);
+    for (size_t i = 0; i < K; ++i) {
+      a[i] = rng.gaussian();
+      p[i] = rng.gaussian();
+      n[i] = rng.gaussian();
+    }
+    const float margin = 0.1f + 0.05f * float(trial % 20);
+    float loss = triplet_hinge_loss(a.data(), p.data(), n.data(), K, margin, da.data(), dp.data(), dn.data());
+    std::vector<double> A(a.begin(), a.end()), P(p.begin(), p.end()), N(n.begin(), n.end());
+    const double ref = triplet_reference(A, P, N, margin);
+    CHECK(loss == doctest::Approx(ref).epsilon(1e-4));
+    CHECK(triplet_hinge_loss(a.data(), p.data(), n.data(), K, margin) == loss);  // no gradient asked
+    if (ref < 1e-3) {  // inactive hinge: no gradient
+      for (size_t i = 0; i < K; ++i) CHECK((da[i] == 0.0f && dp[i] == 0.0f && dn[i] == 0.0f));
+      continue;
+    }
+    const double h = 1e-5;
+    std::vector<double>* vecs[3] = {&A, &P, &N};
+    const std::vector<float>* grads[3] = {&da, &dp, &dn};
+    for (int which = 0; which < 3; ++which)
+      for (size_t i = 0; i < K; ++i) {
+        std::vector<double>& v = *vecs[which];
+        const double keep = v[i];
+        v[i] = keep + h;
+        double up = triplet_reference(A, P, N, margin);
+        v[i] = keep - h;
+        double down = triplet_reference(A, P, N, margin);
+        v[i] = keep;
+        CHECK((*grads[which])[i] == doctest::Approx((up - down) / (2 * h)).epsilon(1e-3).scale(1.0));
+      }
+  }
+  // A zero query code has no direction: loss = margin, finite gradients.
+  std::vector<float> zero(K, 0.0f), p(K, 0.5f), n(K, -0.5f), da(K), dp(K), dn(K);
+  CHECK(triplet_hinge_loss(zero.data(), p.data(), n.data(), K, 0.5f, da.data(), dp.data(), dn.data()) == doctest::Approx(0.5f));
+  for (size_t i = 0; i < K; ++i) CHECK((std::isfinite(da[i]) && std::isfinite(dp[i]) && std::isfinite(dn[i])));
+}
+
 TEST_CASE("scheduler and hash learning: bad settings give clear errors") {
+  {
+    Config c;
+    c.output = OutputMode::lsh;
+    c.triplet_margin = 0.0f;
+    CHECK(validate(c).message() == "Config.triplet_margin = 0 out of range (0, 2]");
+    c.triplet_margin = std::nanf("");
+    CHECK(validate(c).message() == "Config.triplet_margin = nan out of range (0, 2]");
+    c.triplet_margin = 2.5f;
+    CHECK(validate(c).message() == "Config.triplet_margin = 2.5 out of range (0, 2]");
+    c.triplet_margin = 0.5f;
+    c.hash_loss = HashLoss(7);
+    CHECK(validate(c).message() == "Config.hash_loss = 7 is not a HashLoss");
+  }
   Config c;
   c.output = OutputMode::lsh;
   c.tau = 0;
