@@ -585,12 +585,12 @@ int main(int argc, char** argv) {
   std::printf("config defaults: hidden=%u batch=%u lr=%g seed=%llu | lsh: hash=%s K=%u L=%u density=%g "
               "bucket_capacity=%u min_active=%u max_active=%u rehash_every=%u rehash_decay=%g | scheduler: "
               "check_every=%u detector_bits=%u tau=%g full_rebuild_fraction=%g drift_epsilon=%g | learning: "
-              "learn_queries=%u hash_steps=%u hash_lr=%g binarize=%d\n",
+              "learn_queries=%u hash_steps=%u hash_lr=%g binarize=%d triplet_margin=%g\n",
               d.hidden, d.batch_size, double(d.learning_rate), (unsigned long long)d.seed,
               d.hash == mongoose::HashFamily::dwta ? "dwta" : "simhash", d.K, d.L, double(d.hash_density),
               d.bucket_capacity, d.min_active, d.max_active, d.rehash_every, double(d.rehash_decay), d.check_every,
               d.detector_bits, double(d.tau), double(d.full_rebuild_fraction), double(d.drift_epsilon),
-              d.learn_queries, d.hash_steps, double(d.hash_lr), int(d.hash_binarize));
+              d.learn_queries, d.hash_steps, double(d.hash_lr), int(d.hash_binarize), double(d.triplet_margin));
   std::printf("variants:");
   for (const VariantSpec* v : variants) {
     const Config c = config_of(*v, o.threads, d.seed);
