@@ -595,9 +595,10 @@ class Model {
 // [SECTION] Model I/O
 //-----------------------------------------------------------------------------------------------
 // File format (all integers and floats little-endian):
-//   "MONGOOSE" (8 bytes), format version (u32, currently 2;
-//   version 1, written before Config::hash_loss existed, still loads, with the default loss), section count (u32), then sections:
+//   "MONGOOSE" (8 bytes), format version (u32, currently 2), section count (u32), then sections:
 //   tag (4 ASCII bytes), payload length (u64), payload, CRC-32C (u32) of tag + length + payload.
+// Version 1 (written before Config::hash_loss existed; its CONF is 8 bytes shorter) still loads,
+// with the default hash_loss and triplet_margin.
 // Sections, in order: "CONF" (configuration, shapes, step counters), "W1  ", "B1  ", "W2  " (the
 // weights), "HASH" (SimHash projection, learned or not; lsh models), "CODE" (each neuron's table
 // codes, from which the tables are rebuilt; lsh models), "FREQ" (examples counted u64, shortlist
