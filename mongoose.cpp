@@ -2285,30 +2285,27 @@ struct Model::Impl {
       wk.qr.clear();
     });
     Rng rng(mix_seed(cfg.seed, 0x1EA7u, stats.learn_rounds));
-    auto downsample = [&](std::vector<Pair>& v, size_t n) {
-      for (size_t i = 0; i < n && i < v.size(); ++i) std::swap(v[i], v[i + rng.below(uint32_t(v.size() - i))]);
-      if (v.size() > n) v.resize(n);
+    // Keeps n random groups of `group` consecutive pairs (a seeded partial shuffle), all if fewer.
+    auto downsample = [&](std::vector<Pair>& v, size_t n, size_t group) {
+      const size_t groups = v.size() / group;
+      for (size_t i = 0; i < n && i < groups; ++i) {
+        size_t j = i + rng.below(uint32_t(groups - i));
+        for (size_t g = 0; g < group; ++g) std::swap(v[i * group + g], v[j * group + g]);
+      }
+      if (groups > n) v.resize(n * group);
     };
     // At most 256 positives and 256 negatives (or 256 triplets) keep a round cheap: the loss is a
     // mean over them.
     std::vector<Pair> pos, neg;
     if (cfg.hash_loss == HashLoss::triplet) {
       // Each positive meets a random negative of its own query: pairs 2t and 2t+1 form triplet t.
-      std::vector<Pair> trip;
       for (size_t i = 0; i < nq; ++i)
         for (const Pair& p : pos_of[i])
           if (!neg_of[i].empty()) {
-            trip.push_back(p);
-            trip.push_back(neg_of[i][rng.below(uint32_t(neg_of[i].size()))]);
+            pos.push_back(p);
+            pos.push_back(neg_of[i][rng.below(uint32_t(neg_of[i].size()))]);
           }
-      size_t t = std::min<size_t>(256, trip.size() / 2);
-      for (size_t i = 0; i < t; ++i) {  // keep t random triplets, each as its two pairs
-        size_t j = i + rng.below(uint32_t(trip.size() / 2 - i));
-        std::swap(trip[2 * i], trip[2 * j]);
-        std::swap(trip[2 * i + 1], trip[2 * j + 1]);
-      }
-      trip.resize(2 * t);
-      pos.swap(trip);
+      downsample(pos, 256, 2);
     } else {
       for (size_t i = 0; i < nq; ++i) {
         pos.insert(pos.end(), pos_of[i].begin(), pos_of[i].end());
@@ -2316,9 +2313,8 @@ struct Model::Impl {
       }
       // Balance by down-sampling the larger set (seeded).
       size_t n = std::min<size_t>(256, std::min(pos.size(), neg.size()));
-      downsample(pos, n);
-      downsample(neg, n);
-      if (n == 0) pos.clear();
+      downsample(pos, n, 1);
+      downsample(neg, n, 1);
       pos.insert(pos.end(), neg.begin(), neg.end());
     }
     ++stats.learn_rounds;
@@ -2362,7 +2358,7 @@ struct Model::Impl {
     const size_t chunk = 64;
     std::vector<double> chunk_loss((n + chunk - 1) / chunk);
     const bool triplet = cfg.hash_loss == HashLoss::triplet;
-    // backward: fill DUq, DV; want_loss: return the mean loss (else 0).
+    // backward: fill DUq, DV. Returns the mean loss; BCE computes it only when want_loss (else 0).
     auto forward = [&](bool backward, bool want_loss) {
       std::fill(U.begin(), U.end(), 0.0f);
       k->gemm_nn_acc(nq, bits, dim, Xq.data(), dim, P.data(), bits, U.data(), bits);
@@ -2377,12 +2373,10 @@ struct Model::Impl {
           for (size_t t = 0; t < cfg.L; ++t) {
             const float* u = &U[size_t(pairs[i].query) * bits + t * cfg.K];
             float* v = &Wv[i * bits + t * cfg.K];
-            float st = 0;
-            for (size_t b = 0; b < cfg.K; ++b) {
-              v[b] = tanh_fast(v[b]);
-              st += u[b] * v[b];
-            }
+            for (size_t b = 0; b < cfg.K; ++b) v[b] = tanh_fast(v[b]);
             if (triplet) continue;  // the triplet loss needs both items' codes: below
+            float st = 0;
+            for (size_t b = 0; b < cfg.K; ++b) st += u[b] * v[b];
             // BCE with logits, stable: log(1 + e^s) - y s.
             if (want_loss) loss += double(std::max(st, 0.0f) + std::log1p(std::exp(-std::fabs(st))) - y * st);
             if (!backward) continue;
@@ -2395,8 +2389,8 @@ struct Model::Impl {
         }
         chunk_loss[i0 / chunk] = loss;
       });
+      double mean_loss = 0;
       if (triplet) {  // a few hundred triplets of L x K values: serial is cheap and deterministic
-        std::fill(chunk_loss.begin(), chunk_loss.end(), 0.0);
         const size_t nt = n / 2;
         double loss = 0;
         for (size_t t = 0; t < nt; ++t) {
@@ -2409,15 +2403,16 @@ struct Model::Impl {
             if (backward) std::fill(&DU[in * bits + o], &DU[in * bits + o] + cfg.K, 0.0f);
           }
         }
-        chunk_loss[0] = loss * double(n) / double(nt);  // the return below divides by n
+        mean_loss = loss / double(nt);
+      } else {
+        for (double l : chunk_loss) mean_loss += l;  // in chunk order: deterministic
+        mean_loss /= double(n);
       }
       if (backward) {  // per-query sums, in pair order (deterministic)
         std::fill(DUq.begin(), DUq.end(), 0.0f);
         for (size_t i = 0; i < n; ++i) k->add(&DU[i * bits], &DUq[size_t(pairs[i].query) * bits], bits);
       }
-      double loss = 0;
-      for (double l : chunk_loss) loss += l;  // in chunk order: deterministic
-      return loss / double(n);
+      return mean_loss;
     };
     for (uint32_t step = 1; step <= cfg.hash_steps; ++step) {
       double loss = forward(true, step == 1);
