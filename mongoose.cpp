@@ -1996,14 +1996,16 @@ struct Model::Impl {
           losses[e] = 0;
           continue;
         }
-        if (cfg.exact_retrieval) {
+        if (all_active()) {
+          // S already holds every neuron: nothing is left to retrieve.
+        } else if (cfg.exact_retrieval) {
           TopK top(cfg.max_active);
           const float* all = logits.data() + e * N;
           for (uint32_t j = 0; j < N; ++j)
             if (!shared_pos[j]) top.offer(j, all[j]);
           for (const Scored& t : top.items) retrieved.push_back(t.label);
         } else {
-          if (!all_active()) tables.query(codes.data() + e * cfg.L, &w.qr);
+          tables.query(codes.data() + e * cfg.L, &w.qr);
           if (cfg.max_active && w.qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&w.qr, cfg.max_active);
           for (uint32_t j : w.qr.ids)
             if (!shared_pos[j]) retrieved.push_back(j);

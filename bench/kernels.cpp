@@ -82,7 +82,7 @@ std::string size_label(size_t n) {
 std::vector<Case> make_cases() {
   std::vector<Case> cases;
   const size_t sizes[] = {128, 4096, size_t(4) << 20};
-  const size_t hidden = 128;  // row width for the layer kernels (the default hidden size)
+  static constexpr size_t hidden = 128;  // row width for the layer kernels (the default hidden size)
 
   for (size_t n : sizes) {
     cases.push_back({"dot", size_label(n), "GFLOP/s", 2.0 * n, [n](const Kernels& k) {
@@ -125,12 +125,12 @@ std::vector<Case> make_cases() {
   for (size_t n : sizes) {
     // n weights as n / 128 rows of width 128, all rows scored (with bias): a full output layer.
     const size_t rows = n / hidden;
-    cases.push_back({"row_scores", size_label(n), "GFLOP/s", 2.0 * n, [rows, hidden](const Kernels& k) {
+    cases.push_back({"row_scores", size_label(n), "GFLOP/s", 2.0 * n, [rows](const Kernels& k) {
       auto W = std::make_shared<std::vector<float>>(random_vector(rows * hidden, 8));
       auto x = std::make_shared<std::vector<float>>(random_vector(hidden, 9));
       auto bias = std::make_shared<std::vector<float>>(random_vector(rows, 10));
       auto out = std::make_shared<std::vector<float>>(rows);
-      return std::function<void()>([k, W, x, bias, out, rows, hidden] {
+      return std::function<void()>([k, W, x, bias, out, rows] {
         k.row_scores(W->data(), hidden, nullptr, rows, x->data(), hidden, bias->data(), out->data());
         g_checksum += (*out)[rows - 1];
       });
@@ -139,7 +139,7 @@ std::vector<Case> make_cases() {
   for (size_t n : sizes) {
     // n weights as n / 128 input rows of width 128; every row used once, in a random order.
     const size_t rows = n / hidden;
-    cases.push_back({"sparse_matvec", size_label(n), "GFLOP/s", 2.0 * n, [rows, hidden](const Kernels& k) {
+    cases.push_back({"sparse_matvec", size_label(n), "GFLOP/s", 2.0 * n, [rows](const Kernels& k) {
       auto W = std::make_shared<std::vector<float>>(random_vector(rows * hidden, 11));
       auto ids = std::make_shared<std::vector<uint32_t>>(rows);
       mongoose::Rng rng(12);
@@ -147,7 +147,7 @@ std::vector<Case> make_cases() {
       for (size_t i = rows; i > 1; --i) std::swap((*ids)[i - 1], (*ids)[rng.below(uint32_t(i))]);
       auto values = std::make_shared<std::vector<float>>(random_vector(rows, 13, -1e-3f, 1e-3f));
       auto out = std::make_shared<std::vector<float>>(hidden, 0.0f);
-      return std::function<void()>([k, W, ids, values, out, rows, hidden] {
+      return std::function<void()>([k, W, ids, values, out, rows] {
         k.sparse_matvec(ids->data(), values->data(), rows, W->data(), hidden, hidden, out->data());
         g_checksum += (*out)[0];
       });
