@@ -1604,6 +1604,7 @@ Status validate(const Config& c) {
     if (c.learn_hash && c.hash != HashFamily::simhash) return Status::error("Config.learn_hash needs hash = simhash (DWTA has no projection to learn)");
     if (c.learn_queries < 1) return Status::error("Config.learn_queries = 0 out of range [1, 2^32)");
     if (uint32_t(c.hash_loss) > uint32_t(HashLoss::triplet)) return Status::error(strf("Config.hash_loss = %u is not a HashLoss", unsigned(c.hash_loss)));
+    if (!(c.tail_drift >= 0.0f && c.tail_drift <= 10.0f)) return Status::error(strf("Config.tail_drift = %g out of range [0, 10]", double(c.tail_drift)));
     if (!(c.triplet_margin > 0.0f && c.triplet_margin <= 2.0f)) return Status::error(strf("Config.triplet_margin = %g out of range (0, 2]", double(c.triplet_margin)));
     if (c.hash_steps < 1 || c.hash_steps > 10000) return Status::error(strf("Config.hash_steps = %u out of range [1, 10000]", c.hash_steps));
     if (!(c.hash_lr > 0.0f && c.hash_lr <= 1.0f)) return Status::error(strf("Config.hash_lr = %g out of range (0, 1]", double(c.hash_lr)));
@@ -1719,6 +1720,7 @@ struct Model::Impl {
 
   std::vector<uint32_t> shared_ids;     // the batch's shared active set S
   std::vector<uint32_t> shared_pos;     // per neuron: 1 + position in S, or 0
+  std::vector<float> drift_step;        // tail drift: what each shared row gains this batch (ld)
   std::vector<float> shared_rows;       // S x ld: gathered rows of S
   std::vector<float> shared_logits;     // B x |S|: logits, then dL/dz
   std::vector<float> shared_logq;       // |S|: log of each shared neuron's inclusion probability
@@ -2054,6 +2056,21 @@ struct Model::Impl {
   void lsh_update(size_t B, const AdamStep& st) {
     double t0 = now_seconds();
     const size_t S = shared_ids.size();
+    // Tail drift (Config::tail_drift): the shared rows move up along the batch's active hidden
+    // units and the bias, which up to a per-query constant in every logit is every other row
+    // drifting down the way the full softmax's Adam moves rows with small positive gradients.
+    const bool drift = cfg.tail_drift > 0.0f && !all_active();
+    if (drift) {
+      drift_step.assign(ld, 0.0f);
+      const float a = cfg.tail_drift * st.lr;
+      for (size_t i = 0; i < H; ++i)
+        for (size_t e = 0; e < B; ++e)
+          if (queries[e * ld + i] > 0.0f) {
+            drift_step[i] = a;
+            break;
+          }
+      drift_step[H] = a;
+    }
     // Shared rows: G_S = dZ_S^T Q, then Adam, a block of rows at a time.
     const size_t nb = 64;
     pool->run((S + nb - 1) / nb, [&](size_t b, uint32_t wi) {
@@ -2064,6 +2081,7 @@ struct Model::Impl {
       for (size_t j = 0; j < m; ++j) {
         size_t r = size_t(shared_ids[j0 + j]) * ld;
         k->adam(W2.data() + r, w.block_g.data() + j * ld, W2_m.data() + r, W2_v.data() + r, ld, st);
+        if (drift) k->add(drift_step.data(), W2.data() + r, H + 1);
       }
     });
     // Retrieved rows: grouped by row over the examples that retrieved them.
@@ -3049,8 +3067,8 @@ class SectionReader {
   char tag_[5] = {0};
 };
 
-constexpr size_t kConfBytes = 4 * 35 + 8 * 8;  // 35 four-byte fields, 8 eight-byte ones
-constexpr size_t kConfBytesV1 = kConfBytes - 8;  // version 1 lacked hash_loss and triplet_margin
+constexpr size_t kConfBytes = 4 * 36 + 8 * 8;  // 36 four-byte fields, 8 eight-byte ones
+constexpr size_t kConfBytesV1 = kConfBytes - 12;  // version 1 lacked hash_loss, triplet_margin, tail_drift
 
 }  // namespace
 
@@ -3076,7 +3094,7 @@ std::string encode_conf(const Config& c, const Model::Impl& m) {
   // bit 0: sampling_correction; bit 1: exact_retrieval; bits 32..63: detector_sample
   b.u64((c.sampling_correction ? 1 : 0) | (c.exact_retrieval ? 2 : 0) | uint64_t(c.detector_sample) << 32);
   b.u32(c.infer_shortlist);
-  b.u32(uint32_t(c.hash_loss)); b.f32(c.triplet_margin);  // added in format version 2
+  b.u32(uint32_t(c.hash_loss)); b.f32(c.triplet_margin); b.f32(c.tail_drift);  // added in format version 2
   return b.b;
 }
 }  // namespace
@@ -3215,6 +3233,9 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   if (version >= 2) {
     c.hash_loss = HashLoss(b.u32());
     c.triplet_margin = b.f32();
+    c.tail_drift = b.f32();
+  } else {
+    c.tail_drift = 0.0f;  // version 1 models were trained without it
   }
   if (uint32_t(c.simd) > 2) return r.fail("CONF: unknown SIMD setting");
   if (options.override_training) {

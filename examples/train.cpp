@@ -72,12 +72,14 @@ void usage(FILE* out) {
                "                      triplet hinge on (query, missed top, retrieved low) (bce)\n"
                "  --triplet-margin X  triplet: margin between the two cosines, (0, 2] (%g)\n"
                "  --sampling-correction on|off  subtract log(inclusion probability) from shared logits\n"
+               "  --tail-drift X      lsh: the full softmax's downward drift of inactive rows, in\n"
+               "                      learning rates per batch, [0, 10] (%g; 0 = off)\n"
                "  --infer full|lsh    inference mode for the final evaluation (full)\n"
                "  --save FILE         save the trained model (atomically: FILE.tmp, then rename)\n"
                "  --load FILE         start from a saved model (continue training, or --epochs 0 to\n"
                "                      only evaluate); its shape and index settings win\n"
                "  --scalar            force the portable scalar kernels\n",
-               d.K, d.L, d.min_active, d.max_active, double(d.triplet_margin));
+               d.K, d.L, d.min_active, d.max_active, double(d.triplet_margin), double(d.tail_drift));
 }
 
 bool parse_number(const char* s, double* out) {
@@ -169,6 +171,7 @@ std::string parse_args(int argc, char** argv, Options* o) {
       else return bad("bce or triplet");
     } else if (a == "--triplet-margin") { if (!num(1e-9, 2)) return bad("a number in (0, 2]"); o->cfg.triplet_margin = float(x); }
     else if (a == "--exact-retrieval") { if (!onoff(&o->cfg.exact_retrieval)) return bad("on or off"); }
+    else if (a == "--tail-drift") { if (!num(0, 10)) return bad("a number in [0, 10]"); o->cfg.tail_drift = float(x); }
     else if (a == "--sampling-correction") { if (!onoff(&o->cfg.sampling_correction)) return bad("on or off"); }
     else if (a == "--infer") {
       if (v != "full" && v != "lsh") return bad("full or lsh");

@@ -234,6 +234,7 @@ void check_same_config(const Config& a, const Config& b) {
   MONGOOSE_SAME(hash_binarize);
   MONGOOSE_SAME(hash_loss);
   MONGOOSE_SAME(triplet_margin);
+  MONGOOSE_SAME(tail_drift);
 #undef MONGOOSE_SAME
 }
 
@@ -318,6 +319,7 @@ Config lsh_incremental_learned_config() {
   c.hash_lr = 0.02f;
   c.hash_loss = HashLoss::triplet;
   c.triplet_margin = 0.3f;
+  c.tail_drift = 1.25f;
   c.hash_density = 0.5f;
   // Buckets larger than the label count never fill, so a bucket's contents are exactly the
   // neurons stored under its code, however they got there (rebuild or in-place update).
@@ -891,7 +893,7 @@ TEST_CASE("io: a CONF with a valid checksum but impossible shapes fails fast on 
   }
 }
 
-TEST_CASE("io: a version-1 file (no hash_loss fields) still loads, with the default loss") {
+TEST_CASE("io: a version-1 file (no hash_loss or tail_drift fields) still loads, as it was trained") {
   TempDir dir;
   Dataset train, test;
   synthetic(21, 11, 120, 30, 5, &train, &test);
@@ -901,13 +903,14 @@ TEST_CASE("io: a version-1 file (no hash_loss fields) still loads, with the defa
   REQUIRE(save_model(m, path).ok());
   const std::string v2 = read_bytes(path);
   const Section conf = find_section(sections_of(v2), "CONF");
-  // Version 1: CONF without its last 8 bytes (hash_loss u32, triplet_margin f32).
-  std::string v1 = v2.substr(0, conf.payload() + size_t(conf.length) - 8);
+  // Version 1: CONF without its last 12 bytes (hash_loss u32, triplet_margin f32, tail_drift f32).
+  const size_t cut = 12;
+  std::string v1 = v2.substr(0, conf.payload() + size_t(conf.length) - cut);
   v1 += std::string(4, '\0');  // the CRC, set below
   v1 += v2.substr(conf.end());
   put_le32(v1, 8, 1u);
-  put_le64(v1, conf.offset + 4, conf.length - 8);
-  put_le32(v1, conf.crc() - 8, crc32c(v1.data() + conf.offset, 12 + size_t(conf.length) - 8));
+  put_le64(v1, conf.offset + 4, conf.length - cut);
+  put_le32(v1, conf.crc() - cut, crc32c(v1.data() + conf.offset, 12 + size_t(conf.length) - cut));
   const std::string old_path = dir.file("v1.bin");
   write_bytes(old_path, v1);
   Model loaded;
@@ -915,6 +918,7 @@ TEST_CASE("io: a version-1 file (no hash_loss fields) still loads, with the defa
   REQUIRE_MESSAGE(st.ok(), st.message());
   CHECK(loaded.config().hash_loss == HashLoss::bce);
   CHECK(loaded.config().triplet_margin == Config().triplet_margin);
+  CHECK(loaded.config().tail_drift == 0.0f);  // version-1 models were trained without it
   check_same_predictions(m, loaded, test, InferMode::full, test.rows);
   // A version-1 header in front of a version-2 CONF is refused: the sizes disagree.
   std::string mixed = v2;

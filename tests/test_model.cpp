@@ -82,9 +82,12 @@ struct Reference {
   // best-scoring neurons outside S; S's logits other than e's own labels are lowered by
   // log(1 - (1 - f_j)^B), f_j the fraction of the examples so far (this batch included) labelled
   // j; only active rows are updated (lazy Adam).
+  // With tail_drift, every row of S then moves up by tail_drift * lr on each hidden unit active
+  // in the batch and on the bias.
   struct Sampling {
     size_t retrieve = 0;
     bool correction = true;
+    double tail_drift = 0;
     std::vector<double> label_count;
     double examples = 0;
   };
@@ -164,6 +167,16 @@ struct Reference {
     }
     for (size_t j = 0; j < N; ++j)
       if (updated[j]) adam(&W2[j * ld], &gW2[j * ld], &mW2[j * ld], &vW2[j * ld], ld);
+    if (sampling && sampling->tail_drift > 0) {
+      std::vector<double> drift(H + 1, 0.0);
+      for (size_t i = 0; i < H; ++i)
+        for (size_t e = 0; e < B; ++e)
+          if (h[e * H + i] > 0) drift[i] = sampling->tail_drift * lr;
+      drift[H] = sampling->tail_drift * lr;
+      for (size_t j = 0; j < N; ++j)
+        if (in_batch[j])
+          for (size_t i = 0; i <= H; ++i) W2[j * ld + i] += drift[i];
+    }
     // Input layer: only rows of features present in the batch.
     std::vector<double> gW1(D * H, 0), gb1(H, 0);
     std::vector<bool> touched(D, false);
@@ -268,24 +281,28 @@ TEST_CASE("model: lsh with every neuron active trains like the full softmax") {
   }
 }
 
-TEST_CASE("model: the sampled softmax (shared batch labels, retrieved neurons, correction) equals a reference") {
+TEST_CASE("model: the sampled softmax (shared batch labels, retrieved neurons, correction, tail drift) equals a reference") {
   Dataset d = tiny_dataset(32, 13, 40, 8);
   for (uint32_t threads : {1u, 2u}) {
     for (bool correction : {true, false}) {
+     for (float drift : {0.0f, 0.3f, 2.0f}) {
       CAPTURE(threads);
       CAPTURE(correction);
+      CAPTURE(drift);
       Config c = small_config(OutputMode::lsh, Simd::automatic);
       c.threads = threads;
       c.min_active = 0;  // S = the batch's labels only
       c.max_active = 3;
       c.exact_retrieval = true;
       c.sampling_correction = correction;
+      c.tail_drift = drift;
       Model m;
       REQUIRE(m.init(c, d.features, d.labels).ok());
       Reference ref(m);
       Reference::Sampling sampling;
       sampling.retrieve = 3;
       sampling.correction = correction;
+      sampling.tail_drift = drift;
       for (int s = 0; s < 4; ++s) {
         std::vector<uint32_t> rows;
         for (uint32_t r = 0; r < 8; ++r) rows.push_back(uint32_t(s * 8) + r);
@@ -300,6 +317,7 @@ TEST_CASE("model: the sampled softmax (shared batch labels, retrieved neurons, c
       CHECK(max_abs_diff(w.W2, ref.W2) < 2e-5);
       // Rows never active keep their initial weights: the update is lazy.
       CHECK(m.stats().active_mean() < double(d.labels));
+     }
     }
   }
 }
@@ -650,6 +668,13 @@ TEST_CASE("scheduler and hash learning: bad settings give clear errors") {
     c.triplet_margin = 2.5f;
     CHECK(validate(c).message() == "Config.triplet_margin = 2.5 out of range (0, 2]");
     c.triplet_margin = 0.5f;
+    c.tail_drift = -0.1f;
+    CHECK(validate(c).message() == "Config.tail_drift = -0.1 out of range [0, 10]");
+    c.tail_drift = std::nanf("");
+    CHECK(validate(c).message() == "Config.tail_drift = nan out of range [0, 10]");
+    c.tail_drift = 11.0f;
+    CHECK(validate(c).message() == "Config.tail_drift = 11 out of range [0, 10]");
+    c.tail_drift = 0.3f;
     c.hash_loss = HashLoss(7);
     CHECK(validate(c).message() == "Config.hash_loss = 7 is not a HashLoss");
   }
