@@ -6,7 +6,7 @@
 // Build:  c++ -O2 -std=c++17 -pthread bench/ablation.cpp mongoose.cpp -o bench-ablation
 // Run:    ./bench-ablation [--data DIR] [--epochs 5] [--threads 2] [--seeds 42]
 //                          [--datasets citeulike-t,delicious]
-//                          [--variants full,lsh-fixed,lsh-exact,lsh-detect,lsh-incremental,lsh-learned,mongoose,
+//                          [--variants full,lsh-fixed,lsh-nodrift,lsh-exact,lsh-detect,lsh-incremental,lsh-learned,mongoose,
 //                                      mongoose-triplet]
 //         (DIR defaults to ../shared/data, relative to the current directory; it should hold
 //          citeulike-t/citeulike-t_{train,test}.txt and delicious/delicious_{train,test}.txt.
@@ -21,6 +21,8 @@
 // benchmark sees. All variants of a run get the same epochs and threads; seed comes from --seeds.
 //   full             output=full
 //   lsh-fixed        output=lsh, scheduler=fixed                  (SLIDE: rebuild every rehash_every)
+//   lsh-nodrift      as lsh-fixed, with tail_drift=0 (the sampled layer without the full softmax's
+//                    drift of inactive rows)
 //   lsh-exact        output=lsh, scheduler=fixed, exact_retrieval=true (retrieve the max_active
 //                    highest-scoring neurons by brute force instead of querying the tables: what
 //                    a perfect hash function would retrieve; the perfect-hashing upper bound)
@@ -113,11 +115,13 @@ struct VariantSpec {
   uint32_t learn_every;  // used only when learn_hash
   bool exact_retrieval;  // Config::exact_retrieval (lsh only)
   mongoose::HashLoss hash_loss = mongoose::HashLoss::bce;
+  float tail_drift = -1.0f;  // Config::tail_drift; negative = the library default
 };
 
 const VariantSpec kVariants[] = {
     {"full", OutputMode::full, Scheduler::fixed, false, 0, false},
     {"lsh-fixed", OutputMode::lsh, Scheduler::fixed, false, 0, false},
+    {"lsh-nodrift", OutputMode::lsh, Scheduler::fixed, false, 0, false, mongoose::HashLoss::bce, 0.0f},
     {"lsh-exact", OutputMode::lsh, Scheduler::fixed, false, 0, true},
     {"lsh-detect", OutputMode::lsh, Scheduler::detect, false, 0, false},
     {"lsh-incremental", OutputMode::lsh, Scheduler::incremental, false, 0, false},
@@ -134,8 +138,8 @@ struct Options : BenchOptions {
 void usage(FILE* out) {
   print_common_usage(out, "bench-ablation");
   std::fprintf(out,
-               "  --variants LIST      comma-separated subset of full,lsh-fixed,lsh-exact,lsh-detect,\n"
-               "                       lsh-incremental,lsh-learned,mongoose,mongoose-triplet (all);\n"
+               "  --variants LIST      comma-separated subset of full,lsh-fixed,lsh-nodrift,lsh-exact,\n"
+               "                       lsh-detect,lsh-incremental,lsh-learned,mongoose,mongoose-triplet (all);\n"
                "                       lsh-exact retrieves by brute force (Config::exact_retrieval,\n"
                "                       the perfect-hashing bound)\n"
                "  --seeds LIST         comma-separated unsigned integers; every (dataset, variant) is\n"
@@ -183,7 +187,7 @@ std::string parse_args(int argc, char** argv, Options* o) {
   for (const VariantSpec& v : kVariants) names.push_back(v.name);
   return parse_bench_args(int(rest.size()), rest.data(), o, usage,
                           {"--variants", &o->variants, names, "--variants needs at least one variant", "variant",
-                           "full, lsh-fixed, lsh-exact, lsh-detect, lsh-incremental, lsh-learned, mongoose or "
+                           "full, lsh-fixed, lsh-nodrift, lsh-exact, lsh-detect, lsh-incremental, lsh-learned, mongoose or "
                            "mongoose-triplet"});
 }
 
@@ -198,6 +202,7 @@ Config config_of(const VariantSpec& v, uint32_t threads, uint64_t seed) {
     if (v.learn_hash) cfg.learn_every = v.learn_every;
     cfg.exact_retrieval = v.exact_retrieval;
     cfg.hash_loss = v.hash_loss;
+    if (v.tail_drift >= 0.0f) cfg.tail_drift = v.tail_drift;
   }
   return cfg;
 }
@@ -583,12 +588,12 @@ int main(int argc, char** argv) {
   const Config d;
   print_banner("ablation", o, d);
   std::printf("config defaults: hidden=%u batch=%u lr=%g seed=%llu | lsh: hash=%s K=%u L=%u density=%g "
-              "bucket_capacity=%u min_active=%u max_active=%u rehash_every=%u rehash_decay=%g | scheduler: "
+              "bucket_capacity=%u min_active=%u max_active=%u tail_drift=%g rehash_every=%u rehash_decay=%g | scheduler: "
               "check_every=%u detector_bits=%u tau=%g full_rebuild_fraction=%g drift_epsilon=%g | learning: "
               "learn_queries=%u hash_steps=%u hash_lr=%g binarize=%d triplet_margin=%g\n",
               d.hidden, d.batch_size, double(d.learning_rate), (unsigned long long)d.seed,
               d.hash == mongoose::HashFamily::dwta ? "dwta" : "simhash", d.K, d.L, double(d.hash_density),
-              d.bucket_capacity, d.min_active, d.max_active, d.rehash_every, double(d.rehash_decay), d.check_every,
+              d.bucket_capacity, d.min_active, d.max_active, double(d.tail_drift), d.rehash_every, double(d.rehash_decay), d.check_every,
               d.detector_bits, double(d.tau), double(d.full_rebuild_fraction), double(d.drift_epsilon),
               d.learn_queries, d.hash_steps, double(d.hash_lr), int(d.hash_binarize), double(d.triplet_margin));
   std::printf("variants:");
