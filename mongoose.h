@@ -455,8 +455,7 @@ struct Config {
   // tail_drift * learning_rate on each hidden unit active in the batch and on the bias. Up to a
   // per-query constant in every logit, that is the same as moving every other row down.
   // Measured on citeulike-t: 0.3 gives +1.5 points of P@1 (0.534 -> 0.549, 3 seeds), above the
-  // full softmax (0.545). 0 = off; range [0, 10]. No effect
-  // when every neuron is active.
+  // full softmax (0.545). 0 = off; range [0, 10]. No effect when every neuron is active.
   float tail_drift = 0.3f;
   // InferMode::lsh scores the retrieved neurons and this many of the most frequent training labels
   // (counted during training, kept in model files); 0 = retrieved neurons only.

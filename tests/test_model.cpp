@@ -223,6 +223,24 @@ bool same_weights(const Model& a, const Model& b) {
          std::memcmp(x.W2, y.W2, x.labels * x.output_stride * 4) == 0;
 }
 
+// Trains m and ref on the same `batches` batches of 8 consecutive rows and checks that the losses
+// and then all weights agree (float against double).
+void train_alongside(Model& m, Reference& ref, const Dataset& d, int batches,
+                     Reference::Sampling* sampling = nullptr) {
+  for (int s = 0; s < batches; ++s) {
+    std::vector<uint32_t> rows;
+    for (uint32_t r = 0; r < 8; ++r) rows.push_back(uint32_t(s * 8) + r);
+    float loss = 0;
+    REQUIRE(m.train_batch(d, rows.data(), rows.size(), &loss).ok());
+    double ref_loss = ref.step(d, rows, sampling);
+    CHECK(loss == doctest::Approx(ref_loss).epsilon(1e-5));
+  }
+  Model::Weights w = m.weights();
+  CHECK(max_abs_diff(w.W1, ref.W1) < 2e-5);
+  CHECK(max_abs_diff(w.b1, ref.b1) < 2e-5);
+  CHECK(max_abs_diff(w.W2, ref.W2) < 2e-5);
+}
+
 }  // namespace
 
 TEST_CASE("model: three full-softmax steps equal a double-precision reference") {
@@ -236,18 +254,8 @@ TEST_CASE("model: three full-softmax steps equal a double-precision reference") 
       Model m;
       REQUIRE(m.init(c, d.features, d.labels).ok());
       Reference ref(m);
-      for (int s = 0; s < 3; ++s) {
-        std::vector<uint32_t> rows;
-        for (uint32_t r = 0; r < 8; ++r) rows.push_back(uint32_t(s * 8) + r);
-        float loss = 0;
-        REQUIRE(m.train_batch(d, rows.data(), rows.size(), &loss).ok());
-        double ref_loss = ref.step(d, rows);
-        CHECK(loss == doctest::Approx(ref_loss).epsilon(1e-5));
-      }
+      train_alongside(m, ref, d, 3);
       Model::Weights w = m.weights();
-      CHECK(max_abs_diff(w.W1, ref.W1) < 2e-5);
-      CHECK(max_abs_diff(w.b1, ref.b1) < 2e-5);
-      CHECK(max_abs_diff(w.W2, ref.W2) < 2e-5);
       // The padding after each output row's bias stays zero.
       for (size_t j = 0; j < w.labels; ++j)
         for (size_t i = w.hidden + 1; i < w.output_stride; ++i) CHECK(w.W2[j * w.output_stride + i] == 0.0f);
@@ -267,15 +275,7 @@ TEST_CASE("model: lsh with every neuron active trains like the full softmax") {
     Model m;
     REQUIRE(m.init(c, d.features, d.labels).ok());
     Reference ref(m);
-    for (int s = 0; s < 3; ++s) {
-      std::vector<uint32_t> rows;
-      for (uint32_t r = 0; r < 8; ++r) rows.push_back(uint32_t(s * 8) + r);
-      REQUIRE(m.train_batch(d, rows.data(), rows.size()).ok());
-      ref.step(d, rows);
-    }
-    Model::Weights w = m.weights();
-    CHECK(max_abs_diff(w.W1, ref.W1) < 2e-5);
-    CHECK(max_abs_diff(w.W2, ref.W2) < 2e-5);
+    train_alongside(m, ref, d, 3);
     CHECK(m.stats().rehashes == 0);
     CHECK(m.stats().active_mean() == doctest::Approx(double(d.labels)));
   }
@@ -285,39 +285,28 @@ TEST_CASE("model: the sampled softmax (shared batch labels, retrieved neurons, c
   Dataset d = tiny_dataset(32, 13, 40, 8);
   for (uint32_t threads : {1u, 2u}) {
     for (bool correction : {true, false}) {
-     for (float drift : {0.0f, 0.3f, 2.0f}) {
-      CAPTURE(threads);
-      CAPTURE(correction);
-      CAPTURE(drift);
-      Config c = small_config(OutputMode::lsh, Simd::automatic);
-      c.threads = threads;
-      c.min_active = 0;  // S = the batch's labels only
-      c.max_active = 3;
-      c.exact_retrieval = true;
-      c.sampling_correction = correction;
-      c.tail_drift = drift;
-      Model m;
-      REQUIRE(m.init(c, d.features, d.labels).ok());
-      Reference ref(m);
-      Reference::Sampling sampling;
-      sampling.retrieve = 3;
-      sampling.correction = correction;
-      sampling.tail_drift = drift;
-      for (int s = 0; s < 4; ++s) {
-        std::vector<uint32_t> rows;
-        for (uint32_t r = 0; r < 8; ++r) rows.push_back(uint32_t(s * 8) + r);
-        float loss = 0;
-        REQUIRE(m.train_batch(d, rows.data(), rows.size(), &loss).ok());
-        double ref_loss = ref.step(d, rows, &sampling);
-        CHECK(loss == doctest::Approx(ref_loss).epsilon(1e-5));
+      for (float drift : {0.0f, 0.3f, 2.0f}) {
+        CAPTURE(threads);
+        CAPTURE(correction);
+        CAPTURE(drift);
+        Config c = small_config(OutputMode::lsh, Simd::automatic);
+        c.threads = threads;
+        c.min_active = 0;  // S = the batch's labels only
+        c.max_active = 3;
+        c.exact_retrieval = true;
+        c.sampling_correction = correction;
+        c.tail_drift = drift;
+        Model m;
+        REQUIRE(m.init(c, d.features, d.labels).ok());
+        Reference ref(m);
+        Reference::Sampling sampling;
+        sampling.retrieve = 3;
+        sampling.correction = correction;
+        sampling.tail_drift = drift;
+        train_alongside(m, ref, d, 4, &sampling);
+        // Rows never active keep their initial weights: the update is lazy.
+        CHECK(m.stats().active_mean() < double(d.labels));
       }
-      Model::Weights w = m.weights();
-      CHECK(max_abs_diff(w.W1, ref.W1) < 2e-5);
-      CHECK(max_abs_diff(w.b1, ref.b1) < 2e-5);
-      CHECK(max_abs_diff(w.W2, ref.W2) < 2e-5);
-      // Rows never active keep their initial weights: the update is lazy.
-      CHECK(m.stats().active_mean() < double(d.labels));
-     }
     }
   }
 }
