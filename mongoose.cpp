@@ -1662,10 +1662,12 @@ struct GroupedGradient {
 };
 
 // Keeps the k best (score, label) pairs seen, best first; ties keep the smaller label.
+// k may exceed the number of offers (max_active up to 2^32 - 1 means "all"): the reserve is
+// capped so a large k costs nothing until items arrive.
 struct TopK {
   size_t k;
   std::vector<Scored> items;
-  explicit TopK(size_t k_) : k(k_) { items.reserve(k_ + 1); }
+  explicit TopK(size_t k_) : k(k_) { items.reserve(std::min<size_t>(k_, 4096) + 1); }
   void offer(uint32_t label, float score) {
     if (items.size() == k && !(score > items.back().score)) return;
     size_t i = items.size() < k ? items.size() : k - 1;

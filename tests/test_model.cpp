@@ -311,6 +311,24 @@ TEST_CASE("model: the sampled softmax (shared batch labels, retrieved neurons, c
   }
 }
 
+TEST_CASE("model: exact_retrieval with max_active above the label count retrieves every other neuron") {
+  // A cap larger than N is legal (it never binds); it must not be allocated up front (the fuzzer
+  // loaded a model with max_active ~ 1.2e9 and training asked for 9 GB).
+  Dataset d = tiny_dataset(32, 13, 40, 8);
+  Config c = small_config(OutputMode::lsh, Simd::automatic);
+  c.min_active = 0;
+  c.max_active = 0xFFFFFFFFu;
+  c.exact_retrieval = true;
+  Model m;
+  REQUIRE(m.init(c, d.features, d.labels).ok());
+  Reference ref(m);
+  Reference::Sampling sampling;
+  sampling.retrieve = d.labels;
+  sampling.tail_drift = c.tail_drift;
+  train_alongside(m, ref, d, 2, &sampling);
+  CHECK(m.stats().active_mean() == doctest::Approx(double(d.labels)));
+}
+
 TEST_CASE("model: training is deterministic for a fixed seed and thread count") {
   SyntheticConfig sc;
   sc.train_rows = 600;
