@@ -668,20 +668,29 @@ TEST_CASE("scheduler and hash learning: bad settings give clear errors") {
   {
     Config c;
     c.output = OutputMode::lsh;
-    c.triplet_margin = 0.0f;
-    CHECK(validate(c).message() == "Config.triplet_margin = 0 out of range (0, 2]");
-    c.triplet_margin = std::nanf("");
-    CHECK(validate(c).message() == "Config.triplet_margin = nan out of range (0, 2]");
-    c.triplet_margin = 2.5f;
-    CHECK(validate(c).message() == "Config.triplet_margin = 2.5 out of range (0, 2]");
-    c.triplet_margin = 0.5f;
-    c.tail_drift = -0.1f;
-    CHECK(validate(c).message() == "Config.tail_drift = -0.1 out of range [0, 10]");
-    c.tail_drift = std::nanf("");
-    CHECK(validate(c).message() == "Config.tail_drift = nan out of range [0, 10]");
-    c.tail_drift = 11.0f;
-    CHECK(validate(c).message() == "Config.tail_drift = 11 out of range [0, 10]");
-    c.tail_drift = 0.3f;
+    // Each float setting: below, NaN and above its range name the field, value and range.
+    struct FloatRange {
+      float Config::*field;
+      float below, above;
+      const char* messages[3];  // for below, NaN, above
+    };
+    const FloatRange ranges[] = {
+        {&Config::triplet_margin, 0.0f, 2.5f,
+         {"Config.triplet_margin = 0 out of range (0, 2]", "Config.triplet_margin = nan out of range (0, 2]",
+          "Config.triplet_margin = 2.5 out of range (0, 2]"}},
+        {&Config::tail_drift, -0.1f, 11.0f,
+         {"Config.tail_drift = -0.1 out of range [0, 10]", "Config.tail_drift = nan out of range [0, 10]",
+          "Config.tail_drift = 11 out of range [0, 10]"}},
+    };
+    for (const FloatRange& r : ranges) {
+      const float valid = c.*r.field;
+      const float bad[3] = {r.below, std::nanf(""), r.above};
+      for (int i = 0; i < 3; ++i) {
+        c.*r.field = bad[i];
+        CHECK(validate(c).message() == r.messages[i]);
+      }
+      c.*r.field = valid;
+    }
     c.hash_loss = HashLoss(7);
     CHECK(validate(c).message() == "Config.hash_loss = 7 is not a HashLoss");
   }
