@@ -2913,7 +2913,7 @@ struct Crc32cTable {
 };
 constexpr Crc32cTable kCrc32c{};
 
-constexpr uint32_t kFormatVersion = 2;
+constexpr uint32_t kFormatVersion = 3;
 constexpr char kMagic[8] = {'M', 'O', 'N', 'G', 'O', 'O', 'S', 'E'};
 
 bool host_is_little_endian() {
@@ -3070,7 +3070,11 @@ class SectionReader {
 };
 
 constexpr size_t kConfBytes = 4 * 36 + 8 * 8;  // 36 four-byte fields, 8 eight-byte ones
-constexpr size_t kConfBytesV1 = kConfBytes - 12;  // version 1 lacked hash_loss, triplet_margin, tail_drift
+
+// CONF grew at the end: version 2 added hash_loss and triplet_margin, version 3 tail_drift.
+size_t conf_bytes_of_version(uint32_t version) {
+  return version == 1 ? kConfBytes - 12 : version == 2 ? kConfBytes - 4 : kConfBytes;
+}
 
 }  // namespace
 
@@ -3096,7 +3100,8 @@ std::string encode_conf(const Config& c, const Model::Impl& m) {
   // bit 0: sampling_correction; bit 1: exact_retrieval; bits 32..63: detector_sample
   b.u64((c.sampling_correction ? 1 : 0) | (c.exact_retrieval ? 2 : 0) | uint64_t(c.detector_sample) << 32);
   b.u32(c.infer_shortlist);
-  b.u32(uint32_t(c.hash_loss)); b.f32(c.triplet_margin); b.f32(c.tail_drift);  // added in format version 2
+  b.u32(uint32_t(c.hash_loss)); b.f32(c.triplet_margin);  // added in format version 2
+  b.f32(c.tail_drift);  // added in format version 3
   return b.b;
 }
 }  // namespace
@@ -3189,9 +3194,9 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   if (std::memcmp(head, kMagic, 8) != 0) return Status::error(path + ": not a mongoose model (wrong magic number)");
   BytesReader hr{head + 8, 8};
   uint32_t version = hr.u32(), sections = hr.u32();
-  if (version != kFormatVersion && version != 1)
+  if (version < 1 || version > kFormatVersion)
     return Status::error(strf("%s: unknown format version %u (this library reads versions 1 to %u)", path.c_str(), version, kFormatVersion));
-  const size_t conf_bytes = version == 1 ? kConfBytesV1 : kConfBytes;
+  const size_t conf_bytes = conf_bytes_of_version(version);
   if (sections < 5 || sections > 9) return Status::error(strf("%s: implausible section count %u", path.c_str(), sections));
 
   uint32_t sections_read = 0;
@@ -3235,10 +3240,8 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
   if (version >= 2) {
     c.hash_loss = HashLoss(b.u32());
     c.triplet_margin = b.f32();
-    c.tail_drift = b.f32();
-  } else {
-    c.tail_drift = 0.0f;  // version 1 models were trained without it
   }
+  c.tail_drift = version >= 3 ? b.f32() : 0.0f;  // older models were trained without it
   if (uint32_t(c.simd) > 2) return r.fail("CONF: unknown SIMD setting");
   if (options.override_training) {
     const Config& o = *options.override_training;

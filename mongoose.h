@@ -604,11 +604,11 @@ class Model {
 // [SECTION] Model I/O
 //-----------------------------------------------------------------------------------------------
 // File format (all integers and floats little-endian):
-//   "MONGOOSE" (8 bytes), format version (u32, currently 2), section count (u32), then sections:
+//   "MONGOOSE" (8 bytes), format version (u32, currently 3), section count (u32), then sections:
 //   tag (4 ASCII bytes), payload length (u64), payload, CRC-32C (u32) of tag + length + payload.
-// Version 1 (written before Config::hash_loss and tail_drift existed; its CONF is 12 bytes
-// shorter) still loads, with the default hash_loss and triplet_margin and tail_drift 0 (how it
-// was trained).
+// Older versions still load, with tail_drift 0 (how they were trained): version 2 (before
+// Config::tail_drift; CONF 4 bytes shorter) and version 1 (before hash_loss too; CONF 12 bytes
+// shorter, loads with the default hash_loss and triplet_margin).
 // Sections, in order: "CONF" (configuration, shapes, step counters), "W1  ", "B1  ", "W2  " (the
 // weights), "HASH" (SimHash projection, learned or not; lsh models), "CODE" (each neuron's table
 // codes, from which the tables are rebuilt; lsh models), "FREQ" (examples counted u64, shortlist

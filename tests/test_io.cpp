@@ -752,7 +752,7 @@ TEST_CASE("io: wrong magic, unknown version, missing file") {
   REQUIRE(save_model(m, good).ok());
   const std::string bytes = read_bytes(good);
   REQUIRE(bytes.substr(0, 8) == "MONGOOSE");
-  REQUIRE(get_le32(bytes, 8) == 2u);
+  REQUIRE(get_le32(bytes, 8) == 3u);
 
   const std::string bad = dir.file("bad.bin");
   std::string b = bytes;
@@ -765,7 +765,7 @@ TEST_CASE("io: wrong magic, unknown version, missing file") {
   CHECK(contains(expect_load_failure(bad), "not a mongoose model"));
 
   // Only the version field changes; everything after it is intact and valid.
-  for (uint32_t version : {0u, 3u, 0x01000000u, 0xFFFFFFFFu}) {
+  for (uint32_t version : {0u, 4u, 0x01000000u, 0xFFFFFFFFu}) {
     CAPTURE(version);
     b = bytes;
     put_le32(b, 8, version);
@@ -893,38 +893,45 @@ TEST_CASE("io: a CONF with a valid checksum but impossible shapes fails fast on 
   }
 }
 
-TEST_CASE("io: a version-1 file (no hash_loss or tail_drift fields) still loads, as it was trained") {
+TEST_CASE("io: version-1 and version-2 files (shorter CONF) still load, as they were trained") {
   TempDir dir;
   Dataset train, test;
   synthetic(21, 11, 120, 30, 5, &train, &test);
+  Config config = lsh_config();
+  config.hash_loss = HashLoss::triplet;
+  config.triplet_margin = 0.75f;
   Model m;
-  trained(lsh_config(), train, 1, &m);
-  const std::string path = dir.file("v2.bin");
+  trained(config, train, 1, &m);
+  const std::string path = dir.file("v3.bin");
   REQUIRE(save_model(m, path).ok());
-  const std::string v2 = read_bytes(path);
-  const Section conf = find_section(sections_of(v2), "CONF");
-  // Version 1: CONF without its last 12 bytes (hash_loss u32, triplet_margin f32, tail_drift f32).
-  const size_t cut = 12;
-  std::string v1 = v2.substr(0, conf.payload() + size_t(conf.length) - cut);
-  v1 += std::string(4, '\0');  // the CRC, set below
-  v1 += v2.substr(conf.end());
-  put_le32(v1, 8, 1u);
-  put_le64(v1, conf.offset + 4, conf.length - cut);
-  put_le32(v1, conf.crc() - cut, crc32c(v1.data() + conf.offset, 12 + size_t(conf.length) - cut));
-  const std::string old_path = dir.file("v1.bin");
-  write_bytes(old_path, v1);
-  Model loaded;
-  Status st = load_model(old_path, &loaded);
-  REQUIRE_MESSAGE(st.ok(), st.message());
-  CHECK(loaded.config().hash_loss == HashLoss::bce);
-  CHECK(loaded.config().triplet_margin == Config().triplet_margin);
-  CHECK(loaded.config().tail_drift == 0.0f);  // version-1 models were trained without it
-  check_same_predictions(m, loaded, test, InferMode::full, test.rows);
-  // A version-1 header in front of a version-2 CONF is refused: the sizes disagree.
-  std::string mixed = v2;
-  put_le32(mixed, 8, 1u);
-  write_bytes(old_path, mixed);
-  CHECK(contains(expect_load_failure(old_path), "CONF"));
+  const std::string v3 = read_bytes(path);
+  const Section conf = find_section(sections_of(v3), "CONF");
+  // Older CONFs lack the last fields: version 2 tail_drift (f32), version 1 also hash_loss (u32)
+  // and triplet_margin (f32).
+  for (uint32_t version : {1u, 2u}) {
+    CAPTURE(version);
+    const size_t cut = version == 1 ? 12 : 4;
+    std::string old = v3.substr(0, conf.payload() + size_t(conf.length) - cut);
+    old += std::string(4, '\0');  // the CRC, set below
+    old += v3.substr(conf.end());
+    put_le32(old, 8, version);
+    put_le64(old, conf.offset + 4, conf.length - cut);
+    put_le32(old, conf.crc() - cut, crc32c(old.data() + conf.offset, 12 + size_t(conf.length) - cut));
+    const std::string old_path = dir.file("old.bin");
+    write_bytes(old_path, old);
+    Model loaded;
+    Status st = load_model(old_path, &loaded);
+    REQUIRE_MESSAGE(st.ok(), st.message());
+    CHECK(loaded.config().hash_loss == (version == 1 ? Config().hash_loss : HashLoss::triplet));
+    CHECK(loaded.config().triplet_margin == (version == 1 ? Config().triplet_margin : 0.75f));
+    CHECK(loaded.config().tail_drift == 0.0f);  // older models were trained without it
+    check_same_predictions(m, loaded, test, InferMode::full, test.rows);
+    // An older header in front of the current CONF is refused: the sizes disagree.
+    std::string mixed = v3;
+    put_le32(mixed, 8, version);
+    write_bytes(old_path, mixed);
+    CHECK(contains(expect_load_failure(old_path), "CONF"));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
