@@ -1,5 +1,6 @@
 // mongoose.cpp - implementation of mongoose.h. Sections follow the header's order:
-// [SECTION] Status
+// [SECTION] Status            (also the exception guard every entry point goes through)
+// [SECTION] Files             (platform calls: sizes, exclusive temporaries, atomic rename, fsync)
 // [SECTION] Dense math        (SIMD vocabulary, kernels written once, AVX2 + scalar instances)
 // [SECTION] Random numbers
 // [SECTION] Threads           (internal: a small pool with static, deterministic partitioning)
@@ -8,6 +9,11 @@
 // [SECTION] Hash tables
 // [SECTION] Model
 // [SECTION] Model I/O
+
+// 64-bit file offsets on 32-bit POSIX targets (fstat of files over 2 GiB).
+#if !defined(_FILE_OFFSET_BITS)
+#define _FILE_OFFSET_BITS 64
+#endif
 
 #include "mongoose.h"
 
@@ -21,11 +27,30 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <mutex>
 #include <numeric>
+#include <new>
+#include <stdexcept>
 #include <thread>
 #include <utility>
+
+#if defined(_WIN32)
+#include <fcntl.h>
+#include <io.h>
+#include <process.h>
+#include <sys/stat.h>
+#include <windows.h>
+#define MONGOOSE_POSIX_FILES 0
+#elif defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define MONGOOSE_POSIX_FILES 1
+#else
+#define MONGOOSE_POSIX_FILES 0
+#endif
 
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(MONGOOSE_NO_AVX2) && \
     (defined(__GNUC__) || defined(__clang__))
@@ -84,7 +109,277 @@ double now_seconds() {
   return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
 }
 
+// Carries a Status out of deep internal code (a worker thread, a helper that returns void) to the
+// entry point's guard, which returns it. Never leaves the library.
+struct StatusError {
+  Status status;
+};
+
+// Internal calls that return Status but cannot fail in context unless memory runs out: a failure
+// becomes a StatusError for the entry point's guard.
+void must(Status st) {
+  if (!st.ok()) throw StatusError{std::move(st)};
+}
+
+// Runs an entry point's body: whatever it throws (std::bad_alloc, another standard exception, a
+// callback's exception, a StatusError) comes back as a Status naming `where`.
+template <class F>
+Status guard(const char* where, F&& body) noexcept {
+  try {
+    return body();
+  } catch (StatusError& e) {
+    return std::move(e.status);
+  } catch (const std::bad_alloc&) {
+    return Status::error(std::string(where) + ": out of memory");
+  } catch (const std::exception& e) {
+    return Status::error(std::string(where) + ": " + e.what());
+  } catch (...) {
+    return Status::error(std::string(where) + ": an unknown exception was thrown");
+  }
+}
+
+// Overflow-free byte counts for budgets: saturates instead of wrapping.
+uint64_t mul_sat(uint64_t a, uint64_t b) {
+  if (a && b > ~uint64_t(0) / a) return ~uint64_t(0);
+  return a * b;
+}
+uint64_t add_sat(uint64_t a, uint64_t b) { return a > ~uint64_t(0) - b ? ~uint64_t(0) : a + b; }
+
 }  // namespace
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Files
+//-----------------------------------------------------------------------------------------------
+// The only platform-specific code of the library. POSIX and Windows have exclusive creation,
+// flush-to-disk and atomic rename; other targets (bare metal with a C library) fall back to the
+// C standard library: exclusive "wx" creation and rename, without the disk sync.
+
+namespace {
+
+// What is at a path now.
+enum class PathKind { missing, regular, directory, other, unknown };
+
+PathKind path_kind(const std::string& path) {
+#if MONGOOSE_POSIX_FILES
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return errno == ENOENT ? PathKind::missing : PathKind::unknown;
+  return S_ISREG(st.st_mode) ? PathKind::regular : S_ISDIR(st.st_mode) ? PathKind::directory : PathKind::other;
+#elif defined(_WIN32)
+  struct _stat64 st;
+  if (::_stat64(path.c_str(), &st) != 0) return errno == ENOENT ? PathKind::missing : PathKind::unknown;
+  return (st.st_mode & _S_IFREG) ? PathKind::regular : (st.st_mode & _S_IFDIR) ? PathKind::directory : PathKind::other;
+#else
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return PathKind::missing;
+  std::fclose(f);
+  return PathKind::regular;
+#endif
+}
+
+// Size in bytes of the open file when it is a regular file; -1 for a stream (pipe, terminal,
+// character device) whose size is unknown; *is_directory tells a directory apart.
+int64_t open_file_size(std::FILE* f, bool* is_directory) {
+  *is_directory = false;
+#if MONGOOSE_POSIX_FILES
+  struct stat st;
+  if (::fstat(fileno(f), &st) != 0) return -1;
+  *is_directory = S_ISDIR(st.st_mode);
+  return S_ISREG(st.st_mode) ? int64_t(st.st_size) : -1;
+#elif defined(_WIN32)
+  struct _stat64 st;
+  if (::_fstat64(_fileno(f), &st) != 0) return -1;
+  *is_directory = (st.st_mode & _S_IFDIR) != 0;
+  return (st.st_mode & _S_IFREG) ? int64_t(st.st_size) : -1;
+#else
+  if (std::fseek(f, 0, SEEK_END) != 0) return -1;
+  long n = std::ftell(f);
+  if (std::fseek(f, 0, SEEK_SET) != 0) return -1;
+  return n < 0 ? -1 : int64_t(n);
+#endif
+}
+
+std::string directory_of(const std::string& path) {
+#if defined(_WIN32)
+  size_t slash = path.find_last_of("/\\");
+#else
+  size_t slash = path.find_last_of('/');
+#endif
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? path.substr(0, 1) : path.substr(0, slash);
+}
+
+uint64_t process_id() {
+#if MONGOOSE_POSIX_FILES
+  return uint64_t(::getpid());
+#elif defined(_WIN32)
+  return uint64_t(::_getpid());
+#else
+  return 0;
+#endif
+}
+
+// A new file next to `target`, created exclusively, written through a FILE*, then committed by
+// an atomic rename over the target. Destroyed uncommitted, it removes the temporary.
+class AtomicFile {
+ public:
+  AtomicFile() = default;
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile() { abandon(); }
+
+  Status open(const std::string& target) {
+    target_ = target;
+    if (target.empty()) return Status::error("cannot write a file with an empty path");
+    PathKind kind = path_kind(target);
+    if (kind == PathKind::directory) return Status::error(target + ": is a directory; nothing was written");
+    if (kind == PathKind::other)
+      return Status::error(target + ": exists and is not a regular file (a device, FIFO or socket); nothing was written");
+    // A name no one else uses: the process id, a clock reading and an attempt counter; exclusive
+    // creation makes a collision (or a planted symlink) fail instead of being followed.
+    const uint64_t stamp = uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
+    for (uint32_t attempt = 0; attempt < 64; ++attempt) {
+      temp_ = target + strf(".tmp-%llx-%llx", (unsigned long long)process_id(),
+                            (unsigned long long)mix_seed(stamp, attempt, uint64_t(uintptr_t(this))) & 0xFFFFFFFFFFull);
+      int err = create_exclusive();
+      if (err == 0) return Status();
+      if (err != EEXIST) {
+        std::string temp = temp_;
+        temp_.clear();
+        return Status::error(strf("%s: cannot create a temporary file in %s: %s; nothing was written", target.c_str(),
+                                  directory_of(target).c_str(), std::strerror(err)));
+      }
+    }
+    temp_.clear();
+    return Status::error(target + ": cannot find an unused temporary file name next to it; nothing was written");
+  }
+
+  std::FILE* file() const { return file_; }
+
+  // Flushes, syncs, closes and renames the temporary over the target, then syncs the directory.
+  Status commit(bool write_ok) {
+    int err = 0;
+    bool ok = write_ok && file_ && std::ferror(file_) == 0;
+    if (!ok) err = errno ? errno : EIO;
+    if (ok && std::fflush(file_) != 0) ok = false, err = errno;
+    if (ok && !sync_file()) ok = false, err = errno;
+    if (file_ && std::fclose(file_) != 0 && ok) ok = false, err = errno;
+    file_ = nullptr;
+    if (ok && !rename_over()) ok = false, err = errno;
+    if (!ok) {
+      std::remove(temp_.c_str());
+      temp_.clear();
+      return Status::error(strf("%s: write failed: %s; the file was left as it was", target_.c_str(),
+                                std::strerror(err ? err : EIO)));
+    }
+    temp_.clear();
+    sync_directory();
+    return Status();
+  }
+
+ private:
+  // 0 or an errno value.
+  int create_exclusive() {
+#if MONGOOSE_POSIX_FILES
+    int flags = O_WRONLY | O_CREAT | O_EXCL;
+#if defined(O_CLOEXEC)
+    flags |= O_CLOEXEC;
+#endif
+#if defined(O_NOFOLLOW)
+    flags |= O_NOFOLLOW;
+#endif
+    int fd = ::open(temp_.c_str(), flags, 0666);
+    if (fd < 0) return errno;
+    file_ = ::fdopen(fd, "wb");
+    if (!file_) {
+      int err = errno;
+      ::close(fd);
+      std::remove(temp_.c_str());
+      return err;
+    }
+    return 0;
+#elif defined(_WIN32)
+    int fd = ::_open(temp_.c_str(), _O_WRONLY | _O_CREAT | _O_EXCL | _O_BINARY, _S_IREAD | _S_IWRITE);
+    if (fd < 0) return errno;
+    file_ = ::_fdopen(fd, "wb");
+    if (!file_) {
+      int err = errno;
+      ::_close(fd);
+      std::remove(temp_.c_str());
+      return err;
+    }
+    return 0;
+#else
+    file_ = std::fopen(temp_.c_str(), "wbx");  // C11 exclusive mode
+    return file_ ? 0 : (errno ? errno : EEXIST);
+#endif
+  }
+
+  bool sync_file() {
+#if MONGOOSE_POSIX_FILES
+    return ::fsync(fileno(file_)) == 0;
+#elif defined(_WIN32)
+    return ::_commit(_fileno(file_)) == 0;
+#else
+    return true;
+#endif
+  }
+
+  bool rename_over() {
+#if defined(_WIN32)
+    // rename() does not replace an existing file on Windows; MoveFileEx does, atomically.
+    if (::MoveFileExA(temp_.c_str(), target_.c_str(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) return true;
+    errno = EACCES;
+    return false;
+#else
+    return std::rename(temp_.c_str(), target_.c_str()) == 0;
+#endif
+  }
+
+  // Makes the rename itself durable; best effort (some file systems refuse to sync a directory).
+  void sync_directory() {
+#if MONGOOSE_POSIX_FILES
+    int flags = O_RDONLY;
+#if defined(O_DIRECTORY)
+    flags |= O_DIRECTORY;
+#endif
+    int fd = ::open(directory_of(target_).c_str(), flags);
+    if (fd >= 0) {
+      (void)::fsync(fd);
+      ::close(fd);
+    }
+#endif
+  }
+
+  void abandon() {
+    if (file_) std::fclose(file_);
+    file_ = nullptr;
+    if (!temp_.empty()) std::remove(temp_.c_str());
+    temp_.clear();
+  }
+
+  std::string target_, temp_;
+  std::FILE* file_ = nullptr;
+};
+
+}  // namespace
+
+Status write_file_atomic(const std::string& path, const void* data, size_t size) {
+  return guard("write_file_atomic", [&] {
+    if (!data && size) return Status::error("write_file_atomic: data is null");
+    AtomicFile f;
+    Status st = f.open(path);
+    if (!st.ok()) return st;
+    bool ok = size == 0 || std::fwrite(data, 1, size, f.file()) == size;
+    return f.commit(ok);
+  });
+}
+
+Status check_writable(const std::string& path) {
+  return guard("check_writable", [&] {
+    AtomicFile f;
+    return f.open(path);  // the temporary is removed again when f goes out of scope
+  });
+}
 
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Dense math
@@ -388,7 +683,16 @@ inline void gemm_nt_k(size_t M, size_t N, size_t K, const float* A, size_t lda, 
                       size_t ldb, float* C, size_t ldc) {
   constexpr size_t NP = 3 * O::W;
   if (M == 0 || N == 0) return;
-  std::vector<float> packed(K * NP);
+  // Kernels never throw: without memory for the packed panel, plain dot products give the same
+  // products (in another summation order).
+  std::vector<float> packed;
+  try {
+    packed.resize(K * NP);
+  } catch (const std::bad_alloc&) {
+    for (size_t i = 0; i < M; ++i)
+      for (size_t j = 0; j < N; ++j) C[i * ldc + j] = dot_k<O>(A + i * lda, B + j * ldb, K);
+    return;
+  }
   for (size_t j0 = 0; j0 < N; j0 += NP) {
     size_t columns = std::min(NP, N - j0);
     for (size_t c = 0; c < NP; ++c)
@@ -604,10 +908,21 @@ namespace {
 
 class ThreadPool {
  public:
+  // Throws (std::system_error, std::bad_alloc) when the threads cannot be started; then the ones
+  // already started are stopped first.
   explicit ThreadPool(uint32_t threads) : threads_(threads < 1 ? 1 : threads) {
-    for (uint32_t w = 1; w < threads_; ++w) workers_.emplace_back([this, w] { loop(w); });
+    try {
+      workers_.reserve(threads_);
+      for (uint32_t w = 1; w < threads_; ++w) workers_.emplace_back([this, w] { loop(w); });
+    } catch (...) {
+      shut_down();
+      throw;
+    }
   }
-  ~ThreadPool() {
+  ~ThreadPool() { shut_down(); }
+  uint32_t size() const { return threads_; }
+
+  void shut_down() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       stop_ = true;
@@ -615,8 +930,8 @@ class ThreadPool {
     }
     wake_.notify_all();
     for (auto& t : workers_) t.join();
+    workers_.clear();
   }
-  uint32_t size() const { return threads_; }
 
   template <class F>
   void run(size_t tasks, F&& fn) {
@@ -624,7 +939,18 @@ class ThreadPool {
       for (size_t t = 0; t < tasks; ++t) fn(t, 0u);
       return;
     }
-    std::function<void(size_t, uint32_t)> job = std::forward<F>(fn);
+    // A task that throws stops its worker's share; the first exception is rethrown here once
+    // every worker is done (so no worker still uses `job`).
+    std::exception_ptr failure;
+    std::function<void(size_t, uint32_t)> job = [&](size_t t, uint32_t w) {
+      try {
+        fn(t, w);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(failure_mutex_);
+        if (!failure) failure = std::current_exception();
+        throw Stop{};
+      }
+    };
     {
       std::lock_guard<std::mutex> lock(mutex_);
       job_ = &job;
@@ -633,10 +959,16 @@ class ThreadPool {
       ++generation_;
     }
     wake_.notify_all();
-    for (size_t t = 0; t < tasks; t += threads_) job(t, 0u);
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
-    job_ = nullptr;
+    try {
+      for (size_t t = 0; t < tasks; t += threads_) job(t, 0u);
+    } catch (const Stop&) {
+    }
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_.wait(lock, [this] { return pending_ == 0; });
+      job_ = nullptr;
+    }
+    if (failure) std::rethrow_exception(failure);
   }
 
  private:
@@ -653,7 +985,10 @@ class ThreadPool {
         job = job_;
         tasks = tasks_;
       }
-      for (size_t t = w; t < tasks; t += threads_) (*job)(t, w);
+      try {
+        for (size_t t = w; t < tasks; t += threads_) (*job)(t, w);
+      } catch (const Stop&) {
+      }
       {
         std::lock_guard<std::mutex> lock(mutex_);
         if (--pending_ == 0) done_.notify_one();
@@ -661,9 +996,10 @@ class ThreadPool {
     }
   }
 
+  struct Stop {};  // unwinds a worker's loop after its task failed
   uint32_t threads_;
   std::vector<std::thread> workers_;
-  std::mutex mutex_;
+  std::mutex mutex_, failure_mutex_;
   std::condition_variable wake_, done_;
   const std::function<void(size_t, uint32_t)>* job_ = nullptr;
   size_t tasks_ = 0;
@@ -696,29 +1032,138 @@ Dataset::Row Dataset::row(size_t r) const {
   return out;
 }
 
-Status Dataset::add_row(const uint32_t* ids, const float* values, size_t nnz,
-                        const uint32_t* row_labels, size_t num_labels) {
+namespace {
+
+// The first id that occurs twice in ids[0..n) (by the position of its second occurrence), or -1.
+// O(n) when the ids ascend (what files and generators produce); otherwise sorts a copy.
+int64_t first_duplicate(const uint32_t* ids, size_t n, std::vector<uint64_t>* scratch) {
+  bool ascending = true;
+  for (size_t i = 1; i < n && ascending; ++i) ascending = ids[i - 1] < ids[i];
+  if (ascending) return -1;
+  // (id, position) pairs sorted: equal ids become neighbours, in position order.
+  scratch->resize(n);
+  for (size_t i = 0; i < n; ++i) (*scratch)[i] = uint64_t(ids[i]) << 32 | uint64_t(i);
+  std::sort(scratch->begin(), scratch->end());
+  int64_t best_id = -1;
+  uint64_t best_pos = ~uint64_t(0);
+  for (size_t i = 1; i < n; ++i) {
+    const uint64_t a = (*scratch)[i - 1], b = (*scratch)[i];
+    if ((a >> 32) == (b >> 32) && (b & 0xFFFFFFFFu) < best_pos) {
+      best_pos = b & 0xFFFFFFFFu;
+      best_id = int64_t(b >> 32);
+    }
+  }
+  return best_id;
+}
+
+// What is wrong with one row's contents, or "" (ids and labels in range, values finite and
+// within max_feature_value, no duplicates).
+std::string row_fault(const uint32_t* ids, const float* values, size_t nnz, const uint32_t* labels,
+                      size_t num_labels, size_t features, size_t label_space, std::vector<uint64_t>* scratch) {
   for (size_t k = 0; k < nnz; ++k) {
-    if (ids[k] >= features)
-      return Status::error(strf("row %zu: feature id %u out of range [0, %zu)", rows, ids[k], features));
-    if (!std::isfinite(values[k]))
-      return Status::error(strf("row %zu: feature %u has a non-finite value", rows, ids[k]));
+    if (ids[k] >= features) return strf("feature id %u out of range [0, %zu)", ids[k], features);
+    if (!(std::fabs(values[k]) <= max_feature_value))
+      return strf("feature %u has value %g; values must be finite with magnitude <= 1e18 (scale the inputs)", ids[k],
+                  double(values[k]));
   }
   for (size_t k = 0; k < num_labels; ++k)
-    if (row_labels[k] >= labels)
-      return Status::error(strf("row %zu: label id %u out of range [0, %zu)", rows, row_labels[k], labels));
-  feature_ids.insert(feature_ids.end(), ids, ids + nnz);
-  feature_values.insert(feature_values.end(), values, values + nnz);
-  label_ids.insert(label_ids.end(), row_labels, row_labels + num_labels);
-  row_offsets.push_back(feature_ids.size());
-  label_offsets.push_back(label_ids.size());
-  ++rows;
+    if (labels[k] >= label_space) return strf("label id %u out of range [0, %zu)", labels[k], label_space);
+  int64_t dup = first_duplicate(ids, nnz, scratch);
+  if (dup >= 0) return strf("feature id %lld appears twice (duplicates are refused, not summed)", (long long)dup);
+  dup = first_duplicate(labels, num_labels, scratch);
+  if (dup >= 0) return strf("label id %lld appears twice", (long long)dup);
+  return std::string();
+}
+
+// "path:line (row r)" for rows read from a file, "row r" otherwise.
+std::string row_location(const Dataset& d, size_t r) {
+  if (d.source.empty()) return strf("row %zu", r);
+  return strf("%s:%zu (row %zu)", d.source.c_str(), r + 2, r);
+}
+
+std::string dataset_name(const Dataset& d) { return d.source.empty() ? std::string("Dataset") : d.source; }
+
+// The O(1) structural invariants: counts in range and the arrays' sizes consistent.
+Status check_dataset_shape(const Dataset& d) {
+  const std::string name = dataset_name(d);
+  if (d.features == 0 || d.features > 0xFFFFFFFFull)
+    return Status::error(strf("%s: features = %zu out of range [1, 2^32)", name.c_str(), d.features));
+  if (d.labels == 0 || d.labels > 0xFFFFFFFFull)
+    return Status::error(strf("%s: labels = %zu out of range [1, 2^32)", name.c_str(), d.labels));
+  if (d.row_offsets.size() != d.rows + 1 || d.label_offsets.size() != d.rows + 1)
+    return Status::error(strf("%s: row_offsets and label_offsets need rows + 1 = %zu entries, they have %zu and %zu",
+                              name.c_str(), d.rows + 1, d.row_offsets.size(), d.label_offsets.size()));
+  if (d.row_offsets[0] != 0 || d.label_offsets[0] != 0)
+    return Status::error(name + ": row_offsets and label_offsets must start at 0");
+  if (d.feature_values.size() != d.feature_ids.size())
+    return Status::error(strf("%s: %zu feature ids but %zu feature values", name.c_str(), d.feature_ids.size(),
+                              d.feature_values.size()));
+  if (d.row_offsets.back() != d.feature_ids.size() || d.label_offsets.back() != d.label_ids.size())
+    return Status::error(strf("%s: the offsets end at %llu features and %llu labels, the arrays hold %zu and %zu",
+                              name.c_str(), (unsigned long long)d.row_offsets.back(),
+                              (unsigned long long)d.label_offsets.back(), d.feature_ids.size(), d.label_ids.size()));
   return Status();
+}
+
+// Row r's offsets and contents; the shape must have been checked.
+Status check_dataset_row(const Dataset& d, size_t r, std::vector<uint64_t>* scratch) {
+  const uint64_t f0 = d.row_offsets[r], f1 = d.row_offsets[r + 1], l0 = d.label_offsets[r], l1 = d.label_offsets[r + 1];
+  if (f0 > f1 || f1 > d.feature_ids.size() || l0 > l1 || l1 > d.label_ids.size())
+    return Status::error(strf("%s: %s: offsets [%llu, %llu) / [%llu, %llu) decrease or pass the end of the arrays",
+                              dataset_name(d).c_str(), row_location(d, r).c_str(), (unsigned long long)f0,
+                              (unsigned long long)f1, (unsigned long long)l0, (unsigned long long)l1));
+  const Dataset::Row row = d.row(r);
+  std::string fault = row_fault(row.ids, row.values, row.nnz, row.labels, row.num_labels, d.features, d.labels, scratch);
+  if (fault.empty()) return Status();
+  return Status::error(d.source.empty() ? "Dataset " + row_location(d, r) + ": " + fault : row_location(d, r) + ": " + fault);
+}
+
+}  // namespace
+
+Status validate(const Dataset& d) {
+  return guard("validate(Dataset)", [&] {
+    Status st = check_dataset_shape(d);
+    std::vector<uint64_t> scratch;
+    for (size_t r = 0; st.ok() && r < d.rows; ++r) st = check_dataset_row(d, r, &scratch);
+    return st;
+  });
+}
+
+Status Dataset::add_row(const uint32_t* ids, const float* values, size_t nnz, const uint32_t* row_labels,
+                        size_t num_labels) {
+  return guard("Dataset::add_row", [&] {
+    if (nnz && (!ids || !values)) return Status::error(strf("Dataset::add_row: row %zu: ids or values is null", rows));
+    if (num_labels && !row_labels) return Status::error(strf("Dataset::add_row: row %zu: labels is null", rows));
+    if (row_offsets.size() != rows + 1 || label_offsets.size() != rows + 1 || feature_ids.size() != feature_values.size())
+      return Status::error(strf("Dataset::add_row: row %zu: the dataset's arrays are inconsistent (see validate)", rows));
+    std::vector<uint64_t> scratch;
+    std::string fault = row_fault(ids, values, nnz, row_labels, num_labels, features, labels, &scratch);
+    if (!fault.empty()) return Status::error(strf("Dataset::add_row: row %zu: ", rows) + fault);
+    // Running out of memory half-way appends nothing: the arrays are cut back to their old sizes.
+    // (An exact reserve per row would do the same but defeat the vectors' geometric growth.)
+    const size_t had_features = feature_ids.size(), had_labels = label_ids.size(), had_rows = rows;
+    try {
+      feature_ids.insert(feature_ids.end(), ids, ids + nnz);
+      feature_values.insert(feature_values.end(), values, values + nnz);
+      label_ids.insert(label_ids.end(), row_labels, row_labels + num_labels);
+      row_offsets.push_back(feature_ids.size());
+      label_offsets.push_back(label_ids.size());
+    } catch (...) {
+      feature_ids.resize(had_features);
+      feature_values.resize(had_features);
+      label_ids.resize(had_labels);
+      row_offsets.resize(had_rows + 1);
+      label_offsets.resize(had_rows + 1);
+      throw;
+    }
+    ++rows;
+    return Status();
+  });
 }
 
 size_t Dataset::bytes() const {
   return row_offsets.capacity() * 8 + label_offsets.capacity() * 8 + feature_ids.capacity() * 4 +
-         feature_values.capacity() * 4 + label_ids.capacity() * 4;
+         feature_values.capacity() * 4 + label_ids.capacity() * 4 + source.capacity();
 }
 
 namespace {
@@ -726,8 +1171,11 @@ namespace {
 // Parses XC text a chunk of complete lines at a time, keeping line numbers across chunks.
 class XcParser {
  public:
-  XcParser(const std::string& name, size_t total_bytes, const ReadOptions& options)
-      : name_(name), total_bytes_(total_bytes), options_(options) {}
+  // total_bytes < 0: the input's size is unknown (a stream).
+  XcParser(const std::string& name, int64_t total_bytes, const ReadOptions& options)
+      : name_(name), total_bytes_(total_bytes), options_(options) {
+    data_.source = name;
+  }
 
   // Parses [p, end): complete lines only (the last may lack its '\n' when `final`).
   Status feed(const char* p, const char* end, bool final) {
@@ -736,6 +1184,11 @@ class XcParser {
       const char* line_end = nl ? nl : end;
       if (!nl && !final) break;  // caller guarantees complete lines; defensive
       ++line_;
+      line_start_ = p;
+      if (size_t(line_end - p) > options_.max_line_bytes) return line_too_long(line_);
+      // Binary data is refused at its first NUL byte, before any of it is interpreted.
+      if (const void* nul = std::memchr(p, '\0', size_t(line_end - p)))
+        return fail(static_cast<const char*>(nul), "NUL byte (\\x00): binary data, not XC text");
       const char* content_end = line_end;
       if (content_end > p && content_end[-1] == '\r') --content_end;  // accept CRLF
       Status st = header_done_ ? parse_row(p, content_end) : parse_header(p, content_end);
@@ -744,6 +1197,17 @@ class XcParser {
       last_line_length_ = size_t(line_end - p);
       p = nl ? nl + 1 : end;
     }
+    return Status();
+  }
+
+  // Checks the start of the line after the complete ones fed so far, which has no newline yet:
+  // `n` bytes at p. Refuses a NUL byte or a line longer than the limit at once, before a reader
+  // buffers more of it.
+  Status check_pending(const char* p, size_t n) const {
+    if (const void* nul = std::memchr(p, '\0', n))
+      return Status::error(strf("%s:%zu:%zu: NUL byte (\\x00): binary data, not XC text", name_.c_str(), line_ + 1,
+                                size_t(static_cast<const char*>(nul) - p) + 1));
+    if (n > options_.max_line_bytes) return line_too_long(line_ + 1);
     return Status();
   }
 
@@ -765,6 +1229,10 @@ class XcParser {
   Status fail(const char* at, const std::string& what) const {
     return Status::error(strf("%s:%zu:%zu: ", name_.c_str(), line_, size_t(at - line_start_) + 1) + what);
   }
+  Status line_too_long(size_t line) const {
+    return Status::error(strf("%s:%zu:1: line longer than %zu bytes (ReadOptions::max_line_bytes)", name_.c_str(), line,
+                              options_.max_line_bytes));
+  }
 
   // Reads an unsigned decimal integer at p (no sign), at most `limit`.
   bool read_uint(const char*& p, const char* end, uint64_t limit, uint64_t* value, bool* overflow) {
@@ -782,7 +1250,6 @@ class XcParser {
   }
 
   Status parse_header(const char* p, const char* end) {
-    line_start_ = p;
     if (end - p >= 3 && std::memcmp(p, "\xEF\xBB\xBF", 3) == 0)
       return fail(p, "the file starts with a UTF-8 byte-order mark (\\xef\\xbb\\xbf); save it without one");
     uint64_t vals[3];
@@ -804,18 +1271,20 @@ class XcParser {
     if (vals[1] == 0 || vals[1] > 0xFFFFFFFFull) return fail(field_start[1], strf("header feature count %llu must be in [1, 2^32)", (unsigned long long)vals[1]));
     if (vals[2] == 0 || vals[2] > 0xFFFFFFFFull) return fail(field_start[2], strf("header label count %llu must be in [1, 2^32)", (unsigned long long)vals[2]));
     // Every row takes at least 2 bytes (" \n"), so the file size bounds the row count; checked
-    // before anything is sized from the header.
-    if (vals[0] > total_bytes_ / 2 + 1)
-      return fail(p, strf("header declares %llu rows but the input has only %zu bytes",
-                          (unsigned long long)vals[0], total_bytes_));
-    if (vals[0] * 16 > options_.max_bytes)
+    // before anything is sized from the header. A stream's size is unknown: only the budget then.
+    if (total_bytes_ >= 0 && vals[0] > uint64_t(total_bytes_) / 2 + 1)
+      return fail(p, strf("header declares %llu rows but the input has only %lld bytes",
+                          (unsigned long long)vals[0], (long long)total_bytes_));
+    if (mul_sat(vals[0], 16) > options_.max_bytes)
       return fail(p, strf("header declares %llu rows, more than the memory limit of %zu bytes allows",
                           (unsigned long long)vals[0], options_.max_bytes));
     declared_rows_ = size_t(vals[0]);
     data_.features = size_t(vals[1]);
     data_.labels = size_t(vals[2]);
-    data_.row_offsets.reserve(declared_rows_ + 1);
-    data_.label_offsets.reserve(declared_rows_ + 1);
+    // A stream's header is not backed by its size: reserve at most a million rows up front.
+    const size_t reserve = total_bytes_ >= 0 ? declared_rows_ : std::min<size_t>(declared_rows_, size_t(1) << 20);
+    data_.row_offsets.reserve(reserve + 1);
+    data_.label_offsets.reserve(reserve + 1);
     header_done_ = true;
     return Status();
   }
@@ -834,12 +1303,26 @@ class XcParser {
     return out;
   }
 
+  // The row just parsed holds ids[first..) with their token columns in cols: a repeated id is
+  // refused at its second occurrence.
+  Status refuse_duplicates(const std::vector<uint32_t>& ids, size_t first, const char* what) {
+    const size_t n = ids.size() - first;
+    int64_t dup = first_duplicate(ids.data() + first, n, &dup_scratch_);
+    if (dup < 0) return Status();
+    size_t seen = 0, col = 0;
+    for (size_t i = 0; i < n && seen < 2; ++i)
+      if (ids[first + i] == uint32_t(dup) && ++seen == 2) col = cols_[i];
+    return Status::error(strf("%s:%zu:%zu: %s id %lld appears twice in this row (duplicates are refused, not summed)",
+                              name_.c_str(), line_, col, what, (long long)dup));
+  }
+
   Status parse_row(const char* p, const char* end) {
-    line_start_ = p;
     if (p == end) return fail(p, "empty line; a row without labels or features is a single space");
     if (data_.rows == declared_rows_)
       return fail(p, strf("more rows than the %zu the header declares", declared_rows_));
     const char* q = p;
+    const size_t first_label = data_.label_ids.size(), first_feature = data_.feature_ids.size();
+    cols_.clear();
     // Labels: comma-separated ids up to the first blank.
     if (*q != ' ' && *q != '\t') {
       for (;;) {
@@ -855,10 +1338,14 @@ class XcParser {
           return fail(tok, strf("label id %s out of range [0, %zu)", printable(tok, q).c_str(), data_.labels));
         if (q < end && *q == ':') return fail(tok, "a feature 'id:value' where a label id was expected (a row without labels starts with a space)");
         data_.label_ids.push_back(uint32_t(v));
+        cols_.push_back(size_t(tok - p) + 1);
         if (q == end || *q == ' ' || *q == '\t') break;
         if (*q != ',') return fail(q, strf("unexpected character '%s' in label list", printable(*q).c_str()));
         ++q;
       }
+      Status st = refuse_duplicates(data_.label_ids, first_label, "label");
+      if (!st.ok()) return st;
+      cols_.clear();
     }
     // Features: blank-separated "id:value".
     for (;;) {
@@ -880,38 +1367,60 @@ class XcParser {
       while (vend < end && *vend != ' ' && *vend != '\t') ++vend;
       if (vstart == vend) return fail(vstart, strf("missing value after feature id %llu", (unsigned long long)id));
       float value;
-      const char* num = vstart;
-      if (*num == '+') ++num;  // from_chars rejects a leading '+'
-      if (num < vend && (*num == '+' || *num == '-') && num != vstart)
-        return fail(vstart, strf("malformed value '%s' for feature %llu", printable(vstart, vend).c_str(), (unsigned long long)id));
-      auto res = std::from_chars(num, vend, value);
-      if (res.ec == std::errc::result_out_of_range) {
-        // Too small for a float is fine (it becomes 0 or a denormal); too large is an error.
-        double d = std::strtod(std::string(vstart, vend).c_str(), nullptr);
-        if (!(std::fabs(d) < 1.0))
-          return fail(vstart, strf("value '%s' of feature %llu is out of float range", printable(vstart, vend).c_str(), (unsigned long long)id));
-        value = float(d);
-        res.ec = std::errc();
-        res.ptr = vend;
-      }
-      if (res.ec != std::errc() || res.ptr != vend) {
-        const char* bad = res.ec != std::errc() ? vstart : res.ptr;
-        return fail(bad, strf("malformed value '%s' for feature %llu", printable(vstart, vend).c_str(), (unsigned long long)id));
-      }
-      if (!std::isfinite(value))
-        return fail(vstart, strf("value '%s' of feature %llu is not finite", printable(vstart, vend).c_str(), (unsigned long long)id));
+      Status st = parse_value(vstart, vend, id, &value);
+      if (!st.ok()) return st;
       data_.feature_ids.push_back(uint32_t(id));
       data_.feature_values.push_back(value);
+      cols_.push_back(size_t(tok - p) + 1);
       q = vend;
     }
+    Status st = refuse_duplicates(data_.feature_ids, first_feature, "feature");
+    if (!st.ok()) return st;
     data_.row_offsets.push_back(data_.feature_ids.size());
     data_.label_offsets.push_back(data_.label_ids.size());
     ++data_.rows;
+    // What the rows read so far hold (ids and values, offsets), against the budget.
+    const uint64_t held = add_sat(mul_sat(data_.feature_ids.size(), 8),
+                                  add_sat(mul_sat(data_.label_ids.size(), 4), mul_sat(data_.rows + 1, 16)));
+    if (held > options_.max_bytes)
+      return fail(p, strf("the rows read so far need %llu bytes, more than the memory limit of %zu (ReadOptions::max_bytes)",
+                          (unsigned long long)held, options_.max_bytes));
+    return Status();
+  }
+
+  // The value token [vstart, vend) of feature `id`: a finite decimal float within
+  // max_feature_value (underflow to 0 or a denormal is fine).
+  Status parse_value(const char* vstart, const char* vend, uint64_t id, float* out) {
+    const char* num = vstart;
+    if (*num == '+') ++num;  // from_chars rejects a leading '+'
+    if (num < vend && (*num == '+' || *num == '-') && num != vstart)
+      return fail(vstart, strf("malformed value '%s' for feature %llu", printable(vstart, vend).c_str(), (unsigned long long)id));
+    float value;
+    auto res = std::from_chars(num, vend, value);
+    if (res.ec == std::errc::result_out_of_range) {
+      // Too small for a float is fine (it becomes 0 or a denormal); too large is an error.
+      double d = std::strtod(std::string(vstart, vend).c_str(), nullptr);
+      if (!(std::fabs(d) < 1.0))
+        return fail(vstart, strf("value '%s' of feature %llu is out of float range", printable(vstart, vend).c_str(), (unsigned long long)id));
+      value = float(d);
+      res.ec = std::errc();
+      res.ptr = vend;
+    }
+    if (res.ec != std::errc() || res.ptr != vend) {
+      const char* bad = res.ec != std::errc() ? vstart : res.ptr;
+      return fail(bad, strf("malformed value '%s' for feature %llu", printable(vstart, vend).c_str(), (unsigned long long)id));
+    }
+    if (!std::isfinite(value))
+      return fail(vstart, strf("value '%s' of feature %llu is not finite", printable(vstart, vend).c_str(), (unsigned long long)id));
+    if (!(std::fabs(value) <= max_feature_value))
+      return fail(vstart, strf("value '%s' of feature %llu is above the largest magnitude accepted, 1e18 (scale the inputs)",
+                               printable(vstart, vend).c_str(), (unsigned long long)id));
+    *out = value;
     return Status();
   }
 
   std::string name_;
-  size_t total_bytes_;
+  int64_t total_bytes_;
   ReadOptions options_;
   Dataset data_;
   size_t declared_rows_ = 0;
@@ -920,169 +1429,196 @@ class XcParser {
   bool header_done_ = false;
   bool last_line_terminated_ = true;
   size_t last_line_length_ = 0;
+  std::vector<size_t> cols_;            // column of each id token of the current row's list
+  std::vector<uint64_t> dup_scratch_;
 };
 
-std::string base_name(const std::string& path) {
-  size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
+Status check_read_options(const char* where, const ReadOptions& o) {
+  if (o.max_line_bytes < 1024)
+    return Status::error(strf("%s: ReadOptions::max_line_bytes = %zu out of range [1024, 2^64)", where, o.max_line_bytes));
+  return Status();
 }
 
 }  // namespace
 
 Status parse_xc(const char* text, size_t size, const std::string& name, Dataset* out,
                 const ReadOptions& options) {
-  if (!out) return Status::error("parse_xc: out is null");
-  if (!text && size) return Status::error("parse_xc: text is null");
-  XcParser parser(name, size, options);
-  Status st = parser.feed(text, text + size, true);
-  if (!st.ok()) return st;
-  return parser.finish(out);
+  return guard("parse_xc", [&] {
+    if (!out) return Status::error("parse_xc: out is null");
+    if (!text && size) return Status::error("parse_xc: text is null");
+    Status st = check_read_options("parse_xc", options);
+    if (!st.ok()) return st;
+    XcParser parser(name, int64_t(size), options);
+    st = parser.feed(text, text + size, true);
+    if (!st.ok()) return st;
+    return parser.finish(out);
+  });
 }
 
 Status read_xc(const std::string& path, Dataset* out, const ReadOptions& options) {
-  if (!out) return Status::error("read_xc: out is null");
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return Status::error(strf("%s: cannot open: %s", path.c_str(), std::strerror(errno)));
-  std::fseek(f, 0, SEEK_END);
-  long size = std::ftell(f);
-  std::fseek(f, 0, SEEK_SET);
-  if (size < 0) {
-    std::fclose(f);
-    return Status::error(path + ": cannot determine the file size");
-  }
-  XcParser parser(base_name(path), size_t(size), options);
-  // Stream in 4 MiB chunks; a line split across chunks is carried over to the next one.
-  const size_t chunk = size_t(4) << 20;
-  std::vector<char> buf(chunk);
-  size_t carried = 0;
-  Status st;
-  for (;;) {
-    if (carried == buf.size()) buf.resize(buf.size() * 2);  // a line longer than the buffer
-    size_t got = std::fread(buf.data() + carried, 1, buf.size() - carried, f);
-    size_t have = carried + got;
-    bool eof = got == 0;
-    if (eof && std::ferror(f)) {
-      st = Status::error(path + ": read error");
-      break;
+  return guard("read_xc", [&] {
+    if (!out) return Status::error("read_xc: out is null");
+    Status st = check_read_options("read_xc", options);
+    if (!st.ok()) return st;
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) return Status::error(strf("%s: cannot open: %s", path.c_str(), std::strerror(errno)));
+    struct Closer {
+      std::FILE* f;
+      ~Closer() { std::fclose(f); }
+    } closer{f};
+    bool is_directory = false;
+    const int64_t size = open_file_size(f, &is_directory);
+    if (is_directory) return Status::error(path + ": is a directory, not an XC file");
+    XcParser parser(path, size, options);
+    // Stream in chunks of complete lines; a line split across chunks is carried over to the next.
+    // The buffer grows only for a line longer than it, up to max_line_bytes.
+    std::vector<char> buf(std::min(size_t(4) << 20, options.max_line_bytes + 1));  // grows to max_line_bytes + 2
+    size_t carried = 0;
+    for (;;) {
+      if (carried == buf.size()) buf.resize(std::min(buf.size() * 2, options.max_line_bytes + 2));
+      size_t got = std::fread(buf.data() + carried, 1, buf.size() - carried, f);
+      size_t have = carried + got;
+      bool eof = got == 0;
+      if (eof && std::ferror(f)) return Status::error(strf("%s: read error: %s", path.c_str(), std::strerror(errno)));
+      const char* begin = buf.data();
+      const char* end = begin + have;
+      const char* cut = end;
+      if (!eof) {
+        const void* last_nl = nullptr;
+        for (const char* s = end; s > begin;)
+          if (*--s == '\n') { last_nl = s; break; }
+        cut = last_nl ? static_cast<const char*>(last_nl) + 1 : begin;
+      }
+      st = parser.feed(begin, cut, eof);
+      if (!st.ok() || eof) break;
+      carried = size_t(end - cut);
+      st = parser.check_pending(cut, carried);
+      if (!st.ok()) break;
+      std::memmove(buf.data(), cut, carried);
     }
-    const char* begin = buf.data();
-    const char* end = begin + have;
-    const char* cut = end;
-    if (!eof) {
-      const void* last_nl = nullptr;
-      for (const char* s = end; s > begin;)
-        if (*--s == '\n') { last_nl = s; break; }
-      cut = last_nl ? static_cast<const char*>(last_nl) + 1 : begin;
-    }
-    st = parser.feed(begin, cut, eof);
-    if (!st.ok() || eof) break;
-    carried = size_t(end - cut);
-    std::memmove(buf.data(), cut, carried);
-  }
-  std::fclose(f);
-  if (!st.ok()) return st;
-  return parser.finish(out);
+    if (!st.ok()) return st;
+    return parser.finish(out);
+  });
 }
 
 Status write_xc(const std::string& path, const Dataset& data) {
-  std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) return Status::error(strf("%s: cannot create: %s", tmp.c_str(), std::strerror(errno)));
-  std::string line;
-  line.reserve(1 << 16);
-  bool ok = std::fprintf(f, "%zu %zu %zu\n", data.rows, data.features, data.labels) > 0;
-  char num[64];
-  for (size_t r = 0; ok && r < data.rows; ++r) {
-    Dataset::Row row = data.row(r);
-    line.clear();
-    for (size_t k = 0; k < row.num_labels; ++k) {
-      if (k) line += ',';
-      line += std::to_string(row.labels[k]);
+  return guard("write_xc", [&] {
+    Status st = validate(data);
+    if (!st.ok()) return Status::error("write_xc: " + path + ": " + st.message() + "; nothing was written");
+    AtomicFile file;
+    st = file.open(path);
+    if (!st.ok()) return st;
+    std::FILE* f = file.file();
+    std::string line;
+    line.reserve(1 << 16);
+    bool ok = std::fprintf(f, "%llu %llu %llu\n", (unsigned long long)data.rows, (unsigned long long)data.features,
+                           (unsigned long long)data.labels) > 0;
+    char num[64];
+    for (size_t r = 0; ok && r < data.rows; ++r) {
+      Dataset::Row row = data.row(r);
+      line.clear();
+      for (size_t k = 0; k < row.num_labels; ++k) {
+        if (k) line += ',';
+        line += std::to_string(row.labels[k]);
+      }
+      if (row.num_labels == 0) line += ' ';
+      for (size_t k = 0; k < row.nnz; ++k) {
+        if (k || row.num_labels) line += ' ';
+        auto res = std::to_chars(num, num + sizeof num, row.values[k]);  // shortest exact form
+        line += std::to_string(row.ids[k]);
+        line += ':';
+        line.append(num, res.ptr);
+      }
+      line += '\n';
+      ok = std::fwrite(line.data(), 1, line.size(), f) == line.size();
     }
-    if (row.num_labels == 0) line += ' ';
-    for (size_t k = 0; k < row.nnz; ++k) {
-      if (k || row.num_labels) line += ' ';
-      auto res = std::to_chars(num, num + sizeof num, row.values[k]);  // shortest exact form
-      line += std::to_string(row.ids[k]);
-      line += ':';
-      line.append(num, res.ptr);
-    }
-    line += '\n';
-    ok = std::fwrite(line.data(), 1, line.size(), f) == line.size();
-  }
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return Status::error(strf("%s: write failed: %s", path.c_str(), std::strerror(errno)));
-  }
-  return Status();
+    return file.commit(ok);
+  });
 }
 
-void normalize_rows(Dataset* data) {
-  for (size_t r = 0; r < data->rows; ++r) {
-    size_t f0 = size_t(data->row_offsets[r]), f1 = size_t(data->row_offsets[r + 1]);
-    double s = 0;
-    for (size_t k = f0; k < f1; ++k) s += double(data->feature_values[k]) * data->feature_values[k];
-    if (s <= 0) continue;
-    float inv = float(1.0 / std::sqrt(s));
-    for (size_t k = f0; k < f1; ++k) data->feature_values[k] *= inv;
-  }
+Status normalize_rows(Dataset* data) {
+  if (!data) return Status::error("normalize_rows: data is null");
+  return guard("normalize_rows", [&] {
+    Status st = check_dataset_shape(*data);
+    if (!st.ok()) return Status::error("normalize_rows: " + st.message());
+    for (size_t r = 0; r < data->rows; ++r) {
+      uint64_t f0 = data->row_offsets[r], f1 = data->row_offsets[r + 1];
+      if (f0 > f1 || f1 > data->feature_values.size())
+        return Status::error(strf("normalize_rows: row %zu: offsets decrease or pass the end of the arrays", r));
+      double s = 0;
+      for (uint64_t k = f0; k < f1; ++k) s += double(data->feature_values[k]) * data->feature_values[k];
+      if (!(s > 0) || !std::isfinite(s)) continue;
+      float inv = float(1.0 / std::sqrt(s));
+      for (uint64_t k = f0; k < f1; ++k) data->feature_values[k] *= inv;
+    }
+    return Status();
+  });
 }
 
 Status make_synthetic(const SyntheticConfig& c, Dataset* train, Dataset* test) {
-  if (!train || !test) return Status::error("make_synthetic: train and test must not be null");
-  if (c.features == 0 || c.features > 0xFFFFFFFFull) return Status::error("make_synthetic: features must be in [1, 2^32)");
-  if (c.labels == 0 || c.labels > 0xFFFFFFFFull) return Status::error("make_synthetic: labels must be in [1, 2^32)");
-  if (c.max_labels == 0 || c.max_labels > c.labels) return Status::error("make_synthetic: max_labels must be in [1, labels]");
-  if (c.prototype_features == 0 || c.prototype_features > c.features) return Status::error("make_synthetic: prototype_features must be in [1, features]");
-  if (!(c.keep_probability > 0.0f && c.keep_probability <= 1.0f)) return Status::error("make_synthetic: keep_probability must be in (0, 1]");
-  if (!(c.zipf_exponent >= 0.0f && c.zipf_exponent <= 4.0f)) return Status::error("make_synthetic: zipf_exponent must be in [0, 4]");
-  Rng rng(c.seed);
-  // Prototypes: each label owns a few random features.
-  std::vector<uint32_t> proto(c.labels * c.prototype_features);
-  for (auto& f : proto) f = rng.below(uint32_t(c.features));
-  // Power-law label frequencies: cumulative weights, sampled by binary search.
-  std::vector<double> cdf(c.labels);
-  double total = 0;
-  for (size_t i = 0; i < c.labels; ++i) cdf[i] = total += 1.0 / std::pow(double(i + 1), double(c.zipf_exponent));
-  // A random permutation so that label id and frequency are unrelated.
-  std::vector<uint32_t> perm(c.labels);
-  std::iota(perm.begin(), perm.end(), 0u);
-  for (size_t i = c.labels; i > 1; --i) std::swap(perm[i - 1], perm[rng.below(uint32_t(i))]);
+  return guard("make_synthetic", [&] {
+    if (!train || !test) return Status::error("make_synthetic: train and test must not be null");
+    if (c.features == 0 || c.features > 0xFFFFFFFFull) return Status::error("make_synthetic: features must be in [1, 2^32)");
+    if (c.labels == 0 || c.labels > 0xFFFFFFFFull) return Status::error("make_synthetic: labels must be in [1, 2^32)");
+    if (c.max_labels == 0 || c.max_labels > c.labels) return Status::error("make_synthetic: max_labels must be in [1, labels]");
+    if (c.prototype_features == 0 || c.prototype_features > c.features) return Status::error("make_synthetic: prototype_features must be in [1, features]");
+    if (!(c.keep_probability > 0.0f && c.keep_probability <= 1.0f)) return Status::error("make_synthetic: keep_probability must be in (0, 1]");
+    if (!(c.zipf_exponent >= 0.0f && c.zipf_exponent <= 4.0f)) return Status::error("make_synthetic: zipf_exponent must be in [0, 4]");
+    // The prototypes, the label distribution and the rows at their largest, against the budget.
+    const uint64_t per_row = add_sat(mul_sat(add_sat(mul_sat(c.max_labels, c.prototype_features), c.noise_features), 8),
+                                     add_sat(mul_sat(c.max_labels, 4), 16));
+    const uint64_t need = add_sat(mul_sat(c.labels, add_sat(mul_sat(c.prototype_features, 4), 16)),
+                                  mul_sat(add_sat(c.train_rows, c.test_rows), per_row));
+    if (need > c.max_bytes)
+      return Status::error(strf("make_synthetic: this configuration needs up to %llu bytes, over the memory limit of %zu "
+                                "(SyntheticConfig::max_bytes)", (unsigned long long)need, c.max_bytes));
+    Rng rng(c.seed);
+    // Prototypes: each label owns a few random features.
+    std::vector<uint32_t> proto(c.labels * c.prototype_features);
+    for (auto& f : proto) f = rng.below(uint32_t(c.features));
+    // Power-law label frequencies: cumulative weights, sampled by binary search.
+    std::vector<double> cdf(c.labels);
+    double total = 0;
+    for (size_t i = 0; i < c.labels; ++i) cdf[i] = total += 1.0 / std::pow(double(i + 1), double(c.zipf_exponent));
+    // A random permutation so that label id and frequency are unrelated.
+    std::vector<uint32_t> perm(c.labels);
+    std::iota(perm.begin(), perm.end(), 0u);
+    for (size_t i = c.labels; i > 1; --i) std::swap(perm[i - 1], perm[rng.below(uint32_t(i))]);
 
-  Dataset parts[2];
-  std::vector<uint32_t> labels, ids;
-  std::vector<float> vals;
-  for (int part = 0; part < 2; ++part) {
-    Dataset& d = parts[part];
-    d.features = c.features;
-    d.labels = c.labels;
-    size_t rows = part == 0 ? c.train_rows : c.test_rows;
-    for (size_t r = 0; r < rows; ++r) {
-      size_t nl = 1 + rng.below(uint32_t(c.max_labels));
-      labels.clear();
-      while (labels.size() < nl) {
-        double u = double(rng.uniform()) * total;
-        size_t rank = size_t(std::lower_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
-        uint32_t l = perm[std::min(rank, c.labels - 1)];
-        if (std::find(labels.begin(), labels.end(), l) == labels.end()) labels.push_back(l);
+    Dataset parts[2];
+    std::vector<uint32_t> labels, ids;
+    std::vector<float> vals;
+    for (int part = 0; part < 2; ++part) {
+      Dataset& d = parts[part];
+      d.features = c.features;
+      d.labels = c.labels;
+      size_t rows = part == 0 ? c.train_rows : c.test_rows;
+      for (size_t r = 0; r < rows; ++r) {
+        size_t nl = 1 + rng.below(uint32_t(c.max_labels));
+        labels.clear();
+        while (labels.size() < nl) {
+          double u = double(rng.uniform()) * total;
+          size_t rank = size_t(std::lower_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
+          uint32_t l = perm[std::min(rank, c.labels - 1)];
+          if (std::find(labels.begin(), labels.end(), l) == labels.end()) labels.push_back(l);
+        }
+        std::sort(labels.begin(), labels.end());
+        ids.clear();
+        for (uint32_t l : labels)
+          for (size_t k = 0; k < c.prototype_features; ++k)
+            if (rng.uniform() < c.keep_probability) ids.push_back(proto[l * c.prototype_features + k]);
+        for (size_t k = 0; k < c.noise_features; ++k) ids.push_back(rng.below(uint32_t(c.features)));
+        std::sort(ids.begin(), ids.end());
+        ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+        vals.assign(ids.size(), 1.0f);
+        Status st = d.add_row(ids.data(), vals.data(), ids.size(), labels.data(), labels.size());
+        if (!st.ok()) return st;
       }
-      std::sort(labels.begin(), labels.end());
-      ids.clear();
-      for (uint32_t l : labels)
-        for (size_t k = 0; k < c.prototype_features; ++k)
-          if (rng.uniform() < c.keep_probability) ids.push_back(proto[l * c.prototype_features + k]);
-      for (size_t k = 0; k < c.noise_features; ++k) ids.push_back(rng.below(uint32_t(c.features)));
-      std::sort(ids.begin(), ids.end());
-      ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-      vals.assign(ids.size(), 1.0f);
-      Status st = d.add_row(ids.data(), vals.data(), ids.size(), labels.data(), labels.size());
-      if (!st.ok()) return st;
     }
-  }
-  *train = std::move(parts[0]);
-  *test = std::move(parts[1]);
-  return Status();
+    *train = std::move(parts[0]);
+    *test = std::move(parts[1]);
+    return Status();
+  });
 }
 
 //-----------------------------------------------------------------------------------------------
@@ -1103,48 +1639,60 @@ Status validate(const HashConfig& c) {
 }
 
 Status Hasher::init(const HashConfig& config, Simd simd) {
-  Status st = validate(config);
-  if (!st.ok()) return st;
-  config_ = config;
-  kernels_ = &kernels(simd);
-  Rng rng(mix_seed(config.seed, 0x5148u));
-  projection_.clear();
-  dwta_positions_.clear();
-  dwta_slot_of_.clear();
-  dwta_next_slot_.clear();
-  if (config.family == HashFamily::simhash) {
-    size_t bits = size_t(config.K) * config.L;
-    projection_.resize(size_t(config.dim) * bits);
-    if (config.density >= 1.0f) {
-      for (auto& p : projection_) p = rng.gaussian();
+  return guard("Hasher::init", [&] {
+    Status st = validate(config);
+    if (!st.ok()) return st;
+    // The projection (SimHash) or the slot tables (DWTA), against the default budget.
+    const uint64_t need = config.family == HashFamily::simhash
+                              ? mul_sat(mul_sat(config.dim, uint64_t(config.K) * config.L), 4)
+                              : add_sat(mul_sat(config.dim, 4), mul_sat(uint64_t(config.K + 8) * config.L << config.bin_bits, 8));
+    if (need > default_max_bytes)
+      return Status::error(strf("Hasher::init: dim = %u with K = %u and L = %u needs %llu bytes, over the memory limit of %zu",
+                                config.dim, config.K, config.L, (unsigned long long)need, default_max_bytes));
+    // Uninitialized until the end: running out of memory below leaves a hasher that says so.
+    kernels_ = nullptr;
+    config_ = config;
+    Rng rng(mix_seed(config.seed, 0x5148u));
+    projection_.clear();
+    dwta_positions_.clear();
+    dwta_slot_of_.clear();
+    dwta_next_slot_.clear();
+    if (config.family == HashFamily::simhash) {
+      size_t bits = size_t(config.K) * config.L;
+      projection_.resize(size_t(config.dim) * bits);
+      if (config.density >= 1.0f) {
+        for (auto& p : projection_) p = rng.gaussian();
+      } else {
+        for (auto& p : projection_) p = rng.uniform() < config.density ? (rng.next() & 1 ? 1.0f : -1.0f) : 0.0f;
+      }
     } else {
-      for (auto& p : projection_) p = rng.uniform() < config.density ? (rng.next() & 1 ? 1.0f : -1.0f) : 0.0f;
+      bins_per_table_ = (config.K + config.bin_bits - 1) / config.bin_bits;
+      size_t slots = size_t(bins_per_table_) * config.L << config.bin_bits;
+      // Slots are filled from concatenated random permutations of the coordinates.
+      std::vector<uint32_t> perm(config.dim);
+      dwta_positions_.reserve(slots);
+      while (dwta_positions_.size() < slots) {
+        std::iota(perm.begin(), perm.end(), 0u);
+        for (size_t i = perm.size(); i > 1; --i) std::swap(perm[i - 1], perm[rng.below(uint32_t(i))]);
+        size_t take = std::min(perm.size(), slots - dwta_positions_.size());
+        dwta_positions_.insert(dwta_positions_.end(), perm.begin(), perm.begin() + take);
+      }
+      // Inverse map for sparse inputs: the slots of each coordinate, as a linked list.
+      dwta_slot_of_.assign(config.dim, -1);
+      dwta_next_slot_.assign(slots, 0xFFFFFFFFu);
+      for (size_t s = slots; s-- > 0;) {
+        uint32_t d = dwta_positions_[s];
+        dwta_next_slot_[s] = dwta_slot_of_[d] < 0 ? 0xFFFFFFFFu : uint32_t(dwta_slot_of_[d]);
+        dwta_slot_of_[d] = int32_t(s);
+      }
     }
-  } else {
-    bins_per_table_ = (config.K + config.bin_bits - 1) / config.bin_bits;
-    size_t slots = size_t(bins_per_table_) * config.L << config.bin_bits;
-    // Slots are filled from concatenated random permutations of the coordinates.
-    std::vector<uint32_t> perm(config.dim);
-    dwta_positions_.reserve(slots);
-    while (dwta_positions_.size() < slots) {
-      std::iota(perm.begin(), perm.end(), 0u);
-      for (size_t i = perm.size(); i > 1; --i) std::swap(perm[i - 1], perm[rng.below(uint32_t(i))]);
-      size_t take = std::min(perm.size(), slots - dwta_positions_.size());
-      dwta_positions_.insert(dwta_positions_.end(), perm.begin(), perm.begin() + take);
-    }
-    // Inverse map for sparse inputs: the slots of each coordinate, as a linked list.
-    dwta_slot_of_.assign(config.dim, -1);
-    dwta_next_slot_.assign(slots, 0xFFFFFFFFu);
-    for (size_t s = slots; s-- > 0;) {
-      uint32_t d = dwta_positions_[s];
-      dwta_next_slot_[s] = dwta_slot_of_[d] < 0 ? 0xFFFFFFFFu : uint32_t(dwta_slot_of_[d]);
-      dwta_slot_of_[d] = int32_t(s);
-    }
-  }
-  return Status();
+    kernels_ = &kernels(simd);
+    return Status();
+  });
 }
 
 Status Hasher::set_projection(const std::vector<float>& projection) {
+  if (!kernels_) return Status::error("set_projection: the hasher is not initialized (call init)");
   if (config_.family != HashFamily::simhash) return Status::error("set_projection: only SimHash has a projection matrix");
   size_t want = size_t(config_.dim) * config_.K * config_.L;
   if (projection.size() != want)
@@ -1154,8 +1702,10 @@ Status Hasher::set_projection(const std::vector<float>& projection) {
     if (!std::isfinite(projection[i]))
       return Status::error(strf("set_projection: value %zu (row %zu, column %zu) is not finite", i,
                                 i / (size_t(config_.K) * config_.L), i % (size_t(config_.K) * config_.L)));
-  projection_ = projection;
-  return Status();
+  return guard("set_projection", [&] {
+    projection_ = projection;
+    return Status();
+  });
 }
 
 namespace {
@@ -1211,10 +1761,19 @@ void Hasher::dwta_codes(const float* bin_max, const uint32_t* bin_winner, uint32
   }
 }
 
-void Hasher::hash(const float* v, uint32_t* codes) const {
+Status Hasher::hash(const float* v, uint32_t* codes) const {
+  if (!kernels_) return Status::error("Hasher::hash: the hasher is not initialized (call init)");
+  if (!v || !codes) return Status::error("Hasher::hash: a pointer is null");
+  return guard("Hasher::hash", [&] {
+    hash_dense(v, codes);
+    return Status();
+  });
+}
+
+void Hasher::hash_dense(const float* v, uint32_t* codes) const {
   if (config_.family == HashFamily::simhash) {
     std::vector<float> scratch;
-    hash_batch(v, 1, config_.dim, codes, &scratch);
+    hash_rows(v, 1, config_.dim, codes, &scratch);
     return;
   }
   const uint32_t bins = bins_per_table_ * config_.L;
@@ -1231,7 +1790,19 @@ void Hasher::hash(const float* v, uint32_t* codes) const {
   dwta_codes(bin_max.data(), winner.data(), codes);
 }
 
-void Hasher::hash_sparse(const uint32_t* ids, const float* values, size_t nnz, uint32_t* codes) const {
+Status Hasher::hash_sparse(const uint32_t* ids, const float* values, size_t nnz, uint32_t* codes) const {
+  if (!kernels_) return Status::error("Hasher::hash_sparse: the hasher is not initialized (call init)");
+  if (!codes || (nnz && (!ids || !values))) return Status::error("Hasher::hash_sparse: a pointer is null");
+  for (size_t k = 0; k < nnz; ++k)
+    if (ids[k] >= config_.dim)
+      return Status::error(strf("Hasher::hash_sparse: id %u (position %zu) out of range [0, %u)", ids[k], k, config_.dim));
+  return guard("Hasher::hash_sparse", [&] {
+    hash_sparse_checked(ids, values, nnz, codes);
+    return Status();
+  });
+}
+
+void Hasher::hash_sparse_checked(const uint32_t* ids, const float* values, size_t nnz, uint32_t* codes) const {
   if (config_.family == HashFamily::simhash) {
     const size_t bits = size_t(config_.K) * config_.L;
     std::vector<float> scores(bits, 0.0f);
@@ -1256,10 +1827,20 @@ void Hasher::hash_sparse(const uint32_t* ids, const float* values, size_t nnz, u
   dwta_codes(bin_max.data(), winner.data(), codes);
 }
 
-void Hasher::hash_batch(const float* vs, size_t n, size_t ld, uint32_t* codes,
-                        std::vector<float>* scratch) const {
+Status Hasher::hash_batch(const float* vs, size_t n, size_t ld, uint32_t* codes,
+                          std::vector<float>* scratch) const {
+  if (!kernels_) return Status::error("Hasher::hash_batch: the hasher is not initialized (call init)");
+  if (n && (!vs || !codes)) return Status::error("Hasher::hash_batch: a pointer is null");
+  if (n > 1 && ld < config_.dim) return Status::error(strf("Hasher::hash_batch: ld = %zu is below dim = %u", ld, config_.dim));
+  return guard("Hasher::hash_batch", [&] {
+    hash_rows(vs, n, ld, codes, scratch);
+    return Status();
+  });
+}
+
+void Hasher::hash_rows(const float* vs, size_t n, size_t ld, uint32_t* codes, std::vector<float>* scratch) const {
   if (config_.family == HashFamily::dwta) {
-    for (size_t i = 0; i < n; ++i) hash(vs + i * ld, codes + i * config_.L);
+    for (size_t i = 0; i < n; ++i) hash_dense(vs + i * ld, codes + i * config_.L);
     return;
   }
   const size_t bits = size_t(config_.K) * config_.L;
@@ -1348,12 +1929,21 @@ void QueryResult::clear() {
 }
 
 Status HashTables::init(const TableConfig& config) {
-  Status st = validate(config);
-  if (!st.ok()) return st;
-  config_ = config;
-  tables_.clear();
-  tables_.resize(config.L);
-  clear();
+  return guard("HashTables::init", [&] {
+    Status st = validate(config);
+    if (!st.ok()) return st;
+    std::vector<Table> fresh(config.L);
+    config_ = config;
+    tables_.swap(fresh);
+    clear();
+    return Status();
+  });
+}
+
+Status HashTables::check_ready(const char* where, bool pointers_given) const {
+  if (tables_.empty() || tables_.size() != config_.L)
+    return Status::error(std::string(where) + ": the tables are not initialized (call init)");
+  if (!pointers_given) return Status::error(std::string(where) + ": a pointer is null");
   return Status();
 }
 
@@ -1436,27 +2026,50 @@ void HashTables::remove_from(uint32_t table, uint32_t id, uint32_t code) {
   b->offered = std::max<uint32_t>(b->offered - 1, uint32_t(b->ids.size()));
 }
 
-void HashTables::insert(uint32_t id, const uint32_t* codes) {
-  const uint32_t mask = (1u << config_.K) - 1u;
-  for (uint32_t t = 0; t < config_.L; ++t) insert_into(t, id, codes[t] & mask);
+Status HashTables::insert(uint32_t id, const uint32_t* codes) {
+  Status st = check_ready("HashTables::insert", codes);
+  if (!st.ok()) return st;
+  return guard("HashTables::insert", [&] {
+    const uint32_t mask = (1u << config_.K) - 1u;
+    for (uint32_t t = 0; t < config_.L; ++t) insert_into(t, id, codes[t] & mask);
+    return Status();
+  });
 }
 
-void HashTables::remove(uint32_t id, const uint32_t* codes) {
+Status HashTables::remove(uint32_t id, const uint32_t* codes) {
+  Status st = check_ready("HashTables::remove", codes);
+  if (!st.ok()) return st;
   const uint32_t mask = (1u << config_.K) - 1u;
   for (uint32_t t = 0; t < config_.L; ++t) remove_from(t, id, codes[t] & mask);
+  return Status();
 }
 
-void HashTables::update(uint32_t id, const uint32_t* old_codes, const uint32_t* new_codes) {
-  const uint32_t mask = (1u << config_.K) - 1u;
-  for (uint32_t t = 0; t < config_.L; ++t) {
-    uint32_t a = old_codes[t] & mask, b = new_codes[t] & mask;
-    if (a == b) continue;
-    remove_from(t, id, a);
-    insert_into(t, id, b);
-  }
+Status HashTables::update(uint32_t id, const uint32_t* old_codes, const uint32_t* new_codes) {
+  Status st = check_ready("HashTables::update", old_codes && new_codes);
+  if (!st.ok()) return st;
+  return guard("HashTables::update", [&] {
+    const uint32_t mask = (1u << config_.K) - 1u;
+    for (uint32_t t = 0; t < config_.L; ++t) {
+      uint32_t a = old_codes[t] & mask, b = new_codes[t] & mask;
+      if (a == b) continue;
+      remove_from(t, id, a);
+      insert_into(t, id, b);
+    }
+    return Status();
+  });
 }
 
-void HashTables::build(const uint32_t* codes, size_t n, uint32_t threads) {
+Status HashTables::build(const uint32_t* codes, size_t n, uint32_t threads) {
+  Status st = check_ready("HashTables::build", codes || n == 0);
+  if (!st.ok()) return st;
+  if (n > 0xFFFFFFFFull) return Status::error(strf("HashTables::build: %zu items; ids are 32-bit", n));
+  return guard("HashTables::build", [&] {
+    build_tables(codes, n, threads);
+    return Status();
+  });
+}
+
+void HashTables::build_tables(const uint32_t* codes, size_t n, uint32_t threads) {
   clear();
   const uint32_t L = config_.L;
   const uint32_t mask = (1u << config_.K) - 1u;
@@ -1474,15 +2087,20 @@ void HashTables::build(const uint32_t* codes, size_t n, uint32_t threads) {
     for (uint32_t t = 0; t < L; ++t) build_table(t);
     return;
   }
-  std::vector<std::thread> pool;
-  for (uint32_t w = 0; w < workers; ++w)
-    pool.emplace_back([&, w] {
-      for (uint32_t t = w; t < L; t += workers) build_table(t);
-    });
-  for (auto& th : pool) th.join();
+  ThreadPool pool(workers);
+  pool.run(L, [&](size_t t, uint32_t) { build_table(uint32_t(t)); });
 }
 
-void HashTables::query(const uint32_t* codes, QueryResult* out) const {
+Status HashTables::query(const uint32_t* codes, QueryResult* out) const {
+  Status st = check_ready("HashTables::query", codes && out);
+  if (!st.ok()) return st;
+  return guard("HashTables::query", [&] {
+    query_into(codes, out);
+    return Status();
+  });
+}
+
+void HashTables::query_into(const uint32_t* codes, QueryResult* out) const {
   out->clear();
   const uint32_t mask = (1u << config_.K) - 1u;
   for (uint32_t t = 0; t < config_.L; ++t) {
@@ -1502,7 +2120,16 @@ void HashTables::query(const uint32_t* codes, QueryResult* out) const {
   }
 }
 
-void HashTables::keep_top_hits(QueryResult* r, size_t m) {
+Status HashTables::keep_top_hits(QueryResult* r, size_t m) {
+  if (!r) return Status::error("HashTables::keep_top_hits: result is null");
+  if (r->hits.size() != r->ids.size()) return Status::error("HashTables::keep_top_hits: ids and hits differ in size");
+  return guard("HashTables::keep_top_hits", [&] {
+    keep_top_hits_into(r, m);
+    return Status();
+  });
+}
+
+void HashTables::keep_top_hits_into(QueryResult* r, size_t m) {
   size_t n = r->ids.size();
   uint16_t max_hits = 0;
   for (uint16_t h : r->hits) max_hits = std::max(max_hits, h);
@@ -1768,6 +2395,33 @@ struct Model::Impl {
 
   uint32_t threads() const { return pool->size(); }
 
+  // Where the current batch is, so that a failure (out of memory) can say what it left behind.
+  bool update_started = false;  // some weights of this batch were written
+  bool labels_counted = false;  // this batch's labels were added to label_count
+
+  // train_batch with a promise for failures: an exception before any weight was written undoes
+  // the step counter and the label counts (the model is as it was); after, the error says so.
+  Status train_batch_safely(const Dataset& data, const uint32_t* rows, size_t B, float* loss_out) {
+    update_started = labels_counted = false;
+    const uint64_t step_before = step, counted_before = examples_counted;
+    try {
+      return train_batch(data, rows, B, loss_out);
+    } catch (...) {
+      Status why = guard("Model: training", [] () -> Status { throw; });
+      if (update_started)
+        return Status::error(why.message() + " (the batch was interrupted while updating the weights: it may be partly applied)");
+      step = step_before;
+      if (labels_counted) {
+        for (size_t e = 0; e < B; ++e) {
+          Dataset::Row row = data.row(rows[e]);
+          for (size_t i = 0; i < row.num_labels; ++i) --label_count[row.labels[i]];
+        }
+        examples_counted = counted_before;
+      }
+      return Status::error(why.message() + " (the model is unchanged)");
+    }
+  }
+
   AdamStep adam_step() const { return AdamStep::at(cfg.learning_rate, cfg.beta1, cfg.beta2, cfg.adam_eps, step); }
 
   void ensure_batch(size_t B) {
@@ -1874,6 +2528,7 @@ struct Model::Impl {
     if (!losses_finite(B)) return;
     t0 = now_seconds();
     for (Worker& w : workers) w.dq.assign(B * ld, 0.0f);
+    update_started = true;
     pool->run(blocks, [&](size_t b, uint32_t wi) {
       Worker& w = workers[wi];
       size_t j0 = b * nb, j1 = std::min(N, j0 + nb), m = j1 - j0;
@@ -1921,6 +2576,7 @@ struct Model::Impl {
     // The batch's labels join S and are counted: label frequencies so far (this batch included)
     // feed the sampling correction and the inference shortlist.
     if (label_count.size() < N) label_count.assign(N, 0);
+    labels_counted = true;
     for (size_t e = 0; e < B; ++e) {
       Dataset::Row row = data.row(rows[e]);
       for (size_t i = 0; i < row.num_labels; ++i) {
@@ -1958,7 +2614,7 @@ struct Model::Impl {
     build_shared_set(data, rows, B);
     const size_t S = shared_ids.size();
     if (!all_active()) run_chunks(B, 16, [&](size_t e0, size_t e1, uint32_t w) {
-      hasher.hash_batch(queries.data() + e0 * ld, e1 - e0, ld, codes.data() + e0 * cfg.L, &workers[w].hash_scratch);
+      must(hasher.hash_batch(queries.data() + e0 * ld, e1 - e0, ld, codes.data() + e0 * cfg.L, &workers[w].hash_scratch));
     });
     double t1 = now_seconds();
     stats.hash_seconds += t1 - t0;
@@ -2009,8 +2665,8 @@ struct Model::Impl {
             if (!shared_pos[j]) top.offer(j, all[j]);
           for (const Scored& t : top.items) retrieved.push_back(t.label);
         } else {
-          tables.query(codes.data() + e * cfg.L, &w.qr);
-          if (cfg.max_active && w.qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&w.qr, cfg.max_active);
+          must(tables.query(codes.data() + e * cfg.L, &w.qr));
+          if (cfg.max_active && w.qr.ids.size() > cfg.max_active) must(HashTables::keep_top_hits(&w.qr, cfg.max_active));
           for (uint32_t j : w.qr.ids)
             if (!shared_pos[j]) retrieved.push_back(j);
         }
@@ -2126,7 +2782,7 @@ struct Model::Impl {
   // Table codes of items ids[0..n) (or the range i0..i0+n) into codes (n x L).
   void item_codes_of(const uint32_t* ids, size_t i0, size_t n, uint32_t* codes_out, Worker& w) const {
     mips_items(ids, i0, n, mips_norm2, w.items);
-    hasher.hash_batch(w.items.data(), n, H + 2, codes_out, &w.hash_scratch);
+    must(hasher.hash_batch(w.items.data(), n, H + 2, codes_out, &w.hash_scratch));
   }
 
   // Re-hashes every output neuron from its current weights and rebuilds the tables.
@@ -2137,7 +2793,7 @@ struct Model::Impl {
     run_chunks(N, 1024, [&](size_t i0, size_t i1, uint32_t w) {
       item_codes_of(nullptr, i0, i1 - i0, item_codes.data() + i0 * cfg.L, workers[w]);
     });
-    tables.build(item_codes.data(), N, threads());
+    must(tables.build(item_codes.data(), N, threads()));
     if (cfg.scheduler != Scheduler::fixed) {
       detector_codes.resize(N);
       detector_codes_of_all(detector_codes);
@@ -2157,7 +2813,7 @@ struct Model::Impl {
   void detector_codes_of_all(std::vector<uint32_t>& out) {
     out.resize(N);
     run_chunks(N, 2048, [&](size_t i0, size_t i1, uint32_t w) {
-      detector.hash_batch(&W2[i0 * ld], i1 - i0, ld, &out[i0], &workers[w].hash_scratch);
+      must(detector.hash_batch(&W2[i0 * ld], i1 - i0, ld, &out[i0], &workers[w].hash_scratch));
     });
   }
 
@@ -2176,7 +2832,7 @@ struct Model::Impl {
       for (size_t i = 0; i < sample.size(); ++i)
         std::memcpy(&rows_buf[i * (H + 1)], &W2[size_t(sample[i]) * ld], (H + 1) * sizeof(float));
       std::vector<uint32_t> codes_now(sample.size());
-      detector.hash_batch(rows_buf.data(), sample.size(), H + 1, codes_now.data(), &workers[0].hash_scratch);
+      must(detector.hash_batch(rows_buf.data(), sample.size(), H + 1, codes_now.data(), &workers[0].hash_scratch));
       uint64_t flipped = 0;
       for (size_t i = 0; i < sample.size(); ++i) flipped += uint64_t(popcount32(detector_codes[sample[i]] ^ codes_now[i]));
       stats.last_flip_fraction = double(flipped) / (double(sample.size()) * cfg.detector_bits);
@@ -2222,7 +2878,7 @@ struct Model::Impl {
     for (size_t i = 0; i < changed.size(); ++i) {
       uint32_t j = changed[i];
       uint32_t* old_codes = &item_codes[size_t(j) * cfg.L];
-      tables.update(j, old_codes, &fresh[i * cfg.L]);
+      must(tables.update(j, old_codes, &fresh[i * cfg.L]));
       std::memcpy(old_codes, &fresh[i * cfg.L], cfg.L * sizeof(uint32_t));
       detector_codes[j] = detector_new[j];
       if (keeps_inserted_rows()) std::memcpy(&inserted_rows[size_t(j) * (H + 1)], &W2[size_t(j) * ld], (H + 1) * sizeof(float));
@@ -2261,9 +2917,9 @@ struct Model::Impl {
     TopK top(topk);
     for (size_t j = 0; j < N; ++j) top.offer(uint32_t(j), scores[j]);
     std::vector<uint32_t> c(cfg.L);
-    hasher.hash_batch(q, 1, ld, c.data(), &w.hash_scratch);
-    tables.query(c.data(), &w.qr);
-    if (cfg.max_active && w.qr.ids.size() > cfg.max_active) HashTables::keep_top_hits(&w.qr, cfg.max_active);
+    must(hasher.hash_batch(q, 1, ld, c.data(), &w.hash_scratch));
+    must(tables.query(c.data(), &w.qr));
+    if (cfg.max_active && w.qr.ids.size() > cfg.max_active) must(HashTables::keep_top_hits(&w.qr, cfg.max_active));
     size_t found = 0;
     for (const Scored& t : top.items) found += (t.label < w.qr.slot.size() && w.qr.slot[t.label]) ? 1 : 0;
     *kept = w.qr.ids.size();
@@ -2297,8 +2953,8 @@ struct Model::Impl {
       std::nth_element(sorted.begin(), sorted.begin() + ptrdiff_t(N / 2), sorted.end());
       float median = sorted[N / 2];
       std::vector<uint32_t> c(cfg.L);
-      hasher.hash_batch(&qs[i * ld], 1, ld, c.data(), &wk.hash_scratch);
-      tables.query(c.data(), &wk.qr);
+      must(hasher.hash_batch(&qs[i * ld], 1, ld, c.data(), &wk.hash_scratch));
+      must(tables.query(c.data(), &wk.qr));
       for (size_t j = 0; j < N; ++j) {
         bool retrieved = j < wk.qr.slot.size() && wk.qr.slot[j];
         if (!retrieved && s[j] >= top_threshold && s[j] > 0) pos_of[i].push_back({uint32_t(i), uint32_t(j), 1.0f});
@@ -2530,15 +3186,7 @@ struct Model::Impl {
       if (loss_out) *loss_out = 0;
       return Status();
     }
-    // Magnitudes above kMaxMagnitude would make squared gradients overflow float in Adam; such a
-    // batch is refused before anything changes.
-    for (size_t e = 0; e < B; ++e) {
-      Dataset::Row row = data.row(rows[e]);
-      for (size_t i = 0; i < row.nnz; ++i)
-        if (!(std::fabs(row.values[i]) <= kMaxMagnitude))
-          return Status::error(strf("training refused: row %u, feature %u has value %g; values must be finite "
-                                    "with magnitude <= 1e18 (scale the inputs)", rows[e], row.ids[i], double(row.values[i])));
-    }
+    // Input values were validated by the entry point (finite, magnitude <= max_feature_value).
     ++step;
     AdamStep st = adam_step();
     double t0 = now_seconds();
@@ -2574,7 +3222,10 @@ struct Model::Impl {
                                 (unsigned long long)(stats.batches + 1),
                                 cfg.output == OutputMode::full ? "; the output layer is kept as it was before the batch" : ""));
     }
-    if (cfg.output == OutputMode::lsh) lsh_update(B, st);
+    if (cfg.output == OutputMode::lsh) {
+      update_started = true;
+      lsh_update(B, st);
+    }
     // Input layer: back through the ReLU, then grouped lazy Adam on the touched feature rows.
     t0 = now_seconds();
     run_chunks(B, 32, [&](size_t e0, size_t e1, uint32_t) {
@@ -2612,8 +3263,8 @@ struct Model::Impl {
       return;
     }
     std::vector<uint32_t> c(cfg.L);
-    hasher.hash_batch(q, 1, ld, c.data(), &w.hash_scratch);
-    tables.query(c.data(), &w.qr);
+    must(hasher.hash_batch(q, 1, ld, c.data(), &w.hash_scratch));
+    must(tables.query(c.data(), &w.qr));
     for (uint32_t j : shortlist) {
       if (j >= w.qr.slot.size()) w.qr.slot.resize(size_t(j) + 1, 0);
       if (w.qr.slot[j]) continue;
@@ -2635,11 +3286,53 @@ Model::~Model() = default;
 Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
 
+namespace {
+
+// About how many bytes a model of this shape allocates at its largest: weights and Adam moments,
+// the index, label counts, and the scratch of a training batch and of evaluation on `threads`
+// workers. Saturates instead of overflowing, so absurd shapes compare as huge.
+uint64_t model_bytes(const Config& c, uint64_t D, uint64_t N, uint64_t threads) {
+  const uint64_t H = c.hidden, ld = round_up(size_t(H) + 2, 8), B = c.batch_size;
+  auto mul = [](uint64_t a, uint64_t b) { return mul_sat(a, b); };
+  uint64_t floats = add_sat(mul(3, mul(D, H)), add_sat(mul(3, H), mul(3, mul(N, ld))));  // weights, m, v
+  floats = add_sat(floats, add_sat(mul(B, 2 * H), mul(B, ld)));                          // act, dact, queries
+  floats = add_sat(floats, mul(threads, add_sat(mul(B, ld), mul(128, ld))));             // per-worker dq, block
+  floats = add_sat(floats, mul(threads, mul(32, N)));                                    // evaluation scores
+  uint64_t ints = add_sat(D, N);                                                          // grouped-gradient slots
+  if (c.output == OutputMode::full) {
+    floats = add_sat(floats, mul(B, N));  // the batch's logits
+  } else {
+    const uint64_t L = c.L;
+    const uint64_t shared = std::min<uint64_t>(N, add_sat(c.min_active, mul(B, 32)));
+    floats = add_sat(floats, add_sat(mul(shared, ld), mul(B, shared)));           // gathered rows, logits
+    if (c.exact_retrieval) floats = add_sat(floats, mul(B, N));
+    if (c.learn_hash) floats = add_sat(floats, mul(add_sat(c.learn_queries, threads), N));  // mining
+    if (c.scheduler == Scheduler::incremental && c.drift_epsilon > 0) floats = add_sat(floats, mul(N, H + 1));
+    ints = add_sat(ints, mul(N, mul(2, L)));                        // codes, and the ids in the tables
+    ints = add_sat(ints, mul(N, add_sat(4, threads)));             // detector codes, label counts, positions
+    const uint64_t buckets = std::min<uint64_t>(N, uint64_t(1) << c.K);
+    ints = add_sat(ints, mul(L, mul(buckets, 12)));               // bucket headers and directories
+  }
+  return add_sat(mul(floats, 4), mul(ints, 4));
+}
+
+}  // namespace
+
 Status Model::init(const Config& config, size_t features, size_t labels) {
+  return guard("Model::init", [&] { return init_checked(config, features, labels); });
+}
+
+Status Model::init_checked(const Config& config, size_t features, size_t labels) {
   Status st = validate(config);
   if (!st.ok()) return st;
   if (features == 0 || features > 0xFFFFFFFFull) return Status::error(strf("Model::init: features = %zu out of range [1, 2^32)", features));
   if (labels == 0 || labels > 0xFFFFFFFFull) return Status::error(strf("Model::init: labels = %zu out of range [1, 2^32)", labels));
+  const uint32_t threads = resolve_threads(config.threads);
+  const uint64_t need = model_bytes(config, features, labels, threads);
+  if (need > config.max_bytes)
+    return Status::error(strf("Model::init: %zu features x %u hidden x %zu labels need about %llu bytes (weights, "
+                              "optimizer state, index and scratch), over the memory limit of %zu (Config::max_bytes)",
+                              features, config.hidden, labels, (unsigned long long)need, config.max_bytes));
   auto m = std::make_unique<Impl>();
   m->cfg = config;
   m->D = features;
@@ -2647,7 +3340,7 @@ Status Model::init(const Config& config, size_t features, size_t labels) {
   m->H = config.hidden;
   m->ld = round_up(m->H + 2, 8);  // room for the MIPS coordinate (always 0 in queries and rows)
   m->k = &kernels(config.simd);
-  m->pool = std::make_unique<ThreadPool>(resolve_threads(config.threads));
+  m->pool = std::make_unique<ThreadPool>(threads);
   m->workers.resize(m->pool->size());
   Rng rng(mix_seed(config.seed, 0x1417u));
   // As PyTorch's Linear: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)). The small
@@ -2696,29 +3389,44 @@ const TrainStats& Model::stats() const {
 }
 
 namespace {
-Status check_compatible(const Model::Impl& m, const Dataset& data, const char* where) {
+// The dataset fits the model and is valid: every row when rows is null, else rows[0..n).
+Status check_compatible(const Model::Impl& m, const Dataset& data, const char* where, const uint32_t* rows = nullptr,
+                        size_t n = 0) {
+  Status st = check_dataset_shape(data);
+  if (!st.ok()) return Status::error(std::string(where) + ": " + st.message());
+  const std::string name = data.source.empty() ? std::string("the dataset") : data.source;
   if (data.features > m.D)
-    return Status::error(strf("%s: the dataset has %zu features but the model takes %zu", where, data.features, m.D));
+    return Status::error(strf("%s: %s has %zu features but the model takes %zu", where, name.c_str(), data.features, m.D));
   if (data.labels > m.N)
-    return Status::error(strf("%s: the dataset has %zu labels but the model has %zu outputs", where, data.labels, m.N));
-  if (data.row_offsets.size() != data.rows + 1 || data.label_offsets.size() != data.rows + 1)
-    return Status::error(strf("%s: the dataset's offsets do not match its row count", where));
+    return Status::error(strf("%s: %s has %zu labels but the model has %zu outputs", where, name.c_str(), data.labels, m.N));
+  std::vector<uint64_t> scratch;
+  const size_t count = rows ? n : data.rows;
+  for (size_t i = 0; i < count; ++i) {
+    const size_t r = rows ? rows[i] : i;
+    if (r >= data.rows) return Status::error(strf("%s: row %zu out of range [0, %zu)", where, r, data.rows));
+    st = check_dataset_row(data, r, &scratch);
+    if (!st.ok()) return Status::error(std::string(where) + ": " + st.message());
+  }
   return Status();
 }
 }  // namespace
 
 Status Model::train_batch(const Dataset& data, const uint32_t* rows, size_t n, float* loss) {
   if (!impl_) return Status::error("Model::train_batch: the model is not initialized (call init)");
-  Status st = check_compatible(*impl_, data, "Model::train_batch");
-  if (!st.ok()) return st;
   if (!rows || n == 0) return Status::error("Model::train_batch: no rows given");
-  for (size_t i = 0; i < n; ++i)
-    if (rows[i] >= data.rows) return Status::error(strf("Model::train_batch: row %u out of range [0, %zu)", rows[i], data.rows));
-  return impl_->train_batch(data, rows, n, loss);
+  return guard("Model::train_batch", [&] {
+    Status st = check_compatible(*impl_, data, "Model::train_batch", rows, n);
+    if (!st.ok()) return st;
+    return impl_->train_batch_safely(data, rows, n, loss);
+  });
 }
 
 Status Model::train_epoch(const Dataset& data) {
   if (!impl_) return Status::error("Model::train_epoch: the model is not initialized (call init)");
+  return guard("Model::train_epoch", [&] { return train_epoch_checked(data); });
+}
+
+Status Model::train_epoch_checked(const Dataset& data) {
   Status st = check_compatible(*impl_, data, "Model::train_epoch");
   if (!st.ok()) return st;
   Impl& m = *impl_;
@@ -2733,13 +3441,22 @@ Status Model::train_epoch(const Dataset& data) {
   double loss_sum = 0;
   for (size_t b0 = 0; b0 < order.size(); b0 += B) {
     float loss = 0;
-    st = m.train_batch(data, order.data() + b0, std::min(B, order.size() - b0), &loss);
+    st = m.train_batch_safely(data, order.data() + b0, std::min(B, order.size() - b0), &loss);
     if (!st.ok()) return st;
     loss_sum += loss;
     ++p.batch;
     p.seconds = m.stats.seconds;
     p.mean_loss = loss_sum / double(p.batch);
-    if (m.cfg.on_progress && !m.cfg.on_progress(p)) break;
+    if (!m.cfg.on_progress) continue;
+    bool go_on = true;
+    try {
+      go_on = m.cfg.on_progress(p);
+    } catch (...) {
+      Status why = guard("Config::on_progress", []() -> Status { throw; });
+      return Status::error(strf("Model::train_epoch: the progress callback threw after batch %llu of epoch %llu: %s",
+                                (unsigned long long)p.batch, (unsigned long long)p.epoch + 1, why.message().c_str()));
+    }
+    if (!go_on) break;
   }
   // With every neuron active the tables are not kept during training; bring them up to date once
   // per epoch so that InferMode::lsh and retrieval_recall still answer from current weights.
@@ -2754,6 +3471,11 @@ Status Model::train_epoch(const Dataset& data) {
 Status Model::evaluate(const Dataset& data, InferMode mode, Metrics* out) const {
   if (!impl_) return Status::error("Model::evaluate: the model is not initialized (call init)");
   if (!out) return Status::error("Model::evaluate: out is null");
+  return guard("Model::evaluate", [&] { return evaluate_checked(data, mode, out); });
+}
+
+Status Model::evaluate_checked(const Dataset& data, InferMode mode, Metrics* out) const {
+  if (mode != InferMode::full && mode != InferMode::lsh) return Status::error("Model::evaluate: mode is not an InferMode");
   Status st = check_compatible(*impl_, data, "Model::evaluate");
   if (!st.ok()) return st;
   const Impl& m = *impl_;
@@ -2818,6 +3540,11 @@ Status Model::retrieval_recall(const Dataset& data, size_t max_rows, size_t topk
                                double* mean_retrieved) const {
   if (!impl_) return Status::error("Model::retrieval_recall: the model is not initialized (call init)");
   if (!recall || !mean_retrieved) return Status::error("Model::retrieval_recall: output pointers are null");
+  return guard("Model::retrieval_recall", [&] { return retrieval_recall_checked(data, max_rows, topk, recall, mean_retrieved); });
+}
+
+Status Model::retrieval_recall_checked(const Dataset& data, size_t max_rows, size_t topk, double* recall,
+                                       double* mean_retrieved) const {
   Status st = check_compatible(*impl_, data, "Model::retrieval_recall");
   if (!st.ok()) return st;
   const Impl& m = *impl_;
@@ -2856,13 +3583,18 @@ Status Model::predict(const uint32_t* ids, const float* values, size_t nnz, size
   if (!out) return Status::error("Model::predict: out is null");
   if (topk == 0) return Status::error("Model::predict: k must be >= 1");
   if (nnz && (!ids || !values)) return Status::error("Model::predict: ids/values are null");
+  return guard("Model::predict", [&] { return predict_checked(ids, values, nnz, topk, mode, out); });
+}
+
+Status Model::predict_checked(const uint32_t* ids, const float* values, size_t nnz, size_t topk, InferMode mode,
+                              std::vector<Scored>* out) const {
   const Impl& m = *impl_;
+  if (mode != InferMode::full && mode != InferMode::lsh) return Status::error("Model::predict: mode is not an InferMode");
   if (mode == InferMode::lsh && m.cfg.output != OutputMode::lsh)
     return Status::error("Model::predict: InferMode::lsh needs a model trained with OutputMode::lsh");
-  for (size_t i = 0; i < nnz; ++i) {
-    if (ids[i] >= m.D) return Status::error(strf("Model::predict: feature id %u (position %zu) out of range [0, %zu)", ids[i], i, m.D));
-    if (!std::isfinite(values[i])) return Status::error(strf("Model::predict: value at position %zu is not finite", i));
-  }
+  std::vector<uint64_t> scratch;
+  std::string fault = row_fault(ids, values, nnz, nullptr, 0, m.D, m.N, &scratch);
+  if (!fault.empty()) return Status::error("Model::predict: " + fault);
   Dataset::Row row{ids, values, nnz, nullptr, 0};
   std::vector<float> h(m.H), q(m.ld), scores;
   m.hidden_one(row, h.data(), q.data());
@@ -3015,9 +3747,12 @@ class SectionReader {
       if (tag[i] < 32 || tag[i] > 126) return fail("section tag is not ASCII (corrupted file?)");
     uint64_t len = 0;
     for (int i = 0; i < 8; ++i) len |= uint64_t(head[4 + i]) << (8 * i);
-    if (len > file_size_ - offset_ || file_size_ - offset_ - len < 4)
+    if (len > file_size_ - offset_)
       return fail(strf("section %s claims %llu bytes but only %llu remain (truncated or corrupted)", tag,
                        (unsigned long long)len, (unsigned long long)(file_size_ - offset_)));
+    if (file_size_ - offset_ - len < 4)
+      return fail(strf("file truncated in section %s: its %llu bytes and 4-byte checksum need %llu, %llu remain", tag,
+                       (unsigned long long)len, (unsigned long long)(len + 4), (unsigned long long)(file_size_ - offset_)));
     if (len > budget_)
       return fail(strf("section %s needs %llu bytes, which with the sections before it exceeds the memory limit of %llu",
                        tag, (unsigned long long)len, (unsigned long long)limit_));
@@ -3108,264 +3843,262 @@ std::string encode_conf(const Config& c, const Model::Impl& m) {
 
 Status save_model(const Model& model, const std::string& path, const SaveOptions& options) {
   if (!model.impl_) return Status::error("save_model: the model is not initialized");
-  const Model::Impl& m = *model.impl_;
-  const bool lsh = m.cfg.output == OutputMode::lsh;
-  // A file that load_model would refuse is never written.
-  const std::pair<const char*, const std::vector<float>*> arrays[] = {
-      {"W1", &m.W1}, {"b1", &m.b1}, {"W2", &m.W2}, {"W1 Adam m", &m.W1_m}, {"W1 Adam v", &m.W1_v},
-      {"b1 Adam m", &m.b1_m}, {"b1 Adam v", &m.b1_v}, {"W2 Adam m", &m.W2_m}, {"W2 Adam v", &m.W2_v}};
-  for (const auto& a : arrays) {
-    if (!options.optimizer_state && std::strstr(a.first, "Adam")) continue;
-    for (size_t i = 0; i < a.second->size(); ++i)
-      if (!std::isfinite((*a.second)[i]))
-        return Status::error(strf("save_model: %s: %s value %zu is not finite (training diverged); nothing was written",
-                                  path.c_str(), a.first, i));
-  }
-  std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) return Status::error(strf("%s: cannot create: %s", tmp.c_str(), std::strerror(errno)));
-  SectionWriter w(f);
-  Bytes head;
-  head.b.assign(kMagic, 8);
-  head.u32(kFormatVersion);
-  uint32_t sections = 5 + (lsh ? 3 : 0) + (options.optimizer_state ? 1 : 0);
-  head.u32(sections);
-  w.raw(head.b.data(), head.b.size());
-  std::string conf = encode_conf(m.cfg, m);
-  if (conf.size() != kConfBytes) {
-    std::fclose(f);
-    std::remove(tmp.c_str());
-    return Status::error("save_model: internal error: configuration encoding has the wrong size");
-  }
-  w.begin("CONF", conf.size()); w.payload(conf.data(), conf.size()); w.end();
-  w.begin("W1  ", m.W1.size() * 4); w.floats(m.W1.data(), m.W1.size()); w.end();
-  w.begin("B1  ", m.b1.size() * 4); w.floats(m.b1.data(), m.b1.size()); w.end();
-  w.begin("W2  ", m.W2.size() * 4); w.floats(m.W2.data(), m.W2.size()); w.end();
-  if (lsh) {
-    const std::vector<float>& P = m.hasher.projection();
-    w.begin("HASH", 4 + P.size() * 4);
-    Bytes nb;
-    nb.f32(m.mips_norm2);
-    w.payload(nb.b.data(), 4);
-    w.floats(P.data(), P.size());
-    w.end();
-    w.begin("CODE", m.item_codes.size() * 4); w.u32s(m.item_codes.data(), m.item_codes.size()); w.end();
-    std::vector<uint32_t> counts = m.label_count;
-    counts.resize(m.N, 0);
-    Bytes ec;
-    ec.u64(m.examples_counted);
-    ec.u32(uint32_t(m.shortlist.size()));
-    w.begin("FREQ", 12 + counts.size() * 4 + m.shortlist.size() * 4);
-    w.payload(ec.b.data(), 12);
-    w.u32s(counts.data(), counts.size());
-    w.u32s(m.shortlist.data(), m.shortlist.size());
-    w.end();
-  }
-  if (options.optimizer_state) {
-    uint64_t n = (m.W1_m.size() * 2 + m.b1_m.size() * 2 + m.W2_m.size() * 2) * 4;
-    w.begin("ADAM", n);
-    for (const std::vector<float>* v : {&m.W1_m, &m.W1_v, &m.b1_m, &m.b1_v, &m.W2_m, &m.W2_v}) w.floats(v->data(), v->size());
-    w.end();
-  }
-  w.begin("END ", 0); w.end();
-  bool ok = w.ok();
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno;
-    std::remove(tmp.c_str());
-    return Status::error(strf("%s: write failed: %s", path.c_str(), std::strerror(err)));
-  }
-  return Status();
+  return guard("save_model", [&]() -> Status {
+    const Model::Impl& m = *model.impl_;
+    const bool lsh = m.cfg.output == OutputMode::lsh;
+    // A file that load_model would refuse is never written.
+    const std::pair<const char*, const std::vector<float>*> arrays[] = {
+        {"W1", &m.W1}, {"b1", &m.b1}, {"W2", &m.W2}, {"W1 Adam m", &m.W1_m}, {"W1 Adam v", &m.W1_v},
+        {"b1 Adam m", &m.b1_m}, {"b1 Adam v", &m.b1_v}, {"W2 Adam m", &m.W2_m}, {"W2 Adam v", &m.W2_v}};
+    for (const auto& a : arrays) {
+      if (!options.optimizer_state && std::strstr(a.first, "Adam")) continue;
+      for (size_t i = 0; i < a.second->size(); ++i)
+        if (!std::isfinite((*a.second)[i]))
+          return Status::error(strf("save_model: %s: %s value %zu is not finite (training diverged); nothing was written",
+                                    path.c_str(), a.first, i));
+    }
+    AtomicFile file;
+    Status st = file.open(path);
+    if (!st.ok()) return st;
+    SectionWriter w(file.file());
+    Bytes head;
+    head.b.assign(kMagic, 8);
+    head.u32(kFormatVersion);
+    uint32_t sections = 5 + (lsh ? 3 : 0) + (options.optimizer_state ? 1 : 0);
+    head.u32(sections);
+    w.raw(head.b.data(), head.b.size());
+    std::string conf = encode_conf(m.cfg, m);
+    if (conf.size() != kConfBytes) return Status::error("save_model: internal error: configuration encoding has the wrong size");
+    w.begin("CONF", conf.size()); w.payload(conf.data(), conf.size()); w.end();
+    w.begin("W1  ", m.W1.size() * 4); w.floats(m.W1.data(), m.W1.size()); w.end();
+    w.begin("B1  ", m.b1.size() * 4); w.floats(m.b1.data(), m.b1.size()); w.end();
+    w.begin("W2  ", m.W2.size() * 4); w.floats(m.W2.data(), m.W2.size()); w.end();
+    if (lsh) {
+      const std::vector<float>& P = m.hasher.projection();
+      w.begin("HASH", 4 + P.size() * 4);
+      Bytes nb;
+      nb.f32(m.mips_norm2);
+      w.payload(nb.b.data(), 4);
+      w.floats(P.data(), P.size());
+      w.end();
+      w.begin("CODE", m.item_codes.size() * 4); w.u32s(m.item_codes.data(), m.item_codes.size()); w.end();
+      std::vector<uint32_t> counts = m.label_count;
+      counts.resize(m.N, 0);
+      Bytes ec;
+      ec.u64(m.examples_counted);
+      ec.u32(uint32_t(m.shortlist.size()));
+      w.begin("FREQ", 12 + counts.size() * 4 + m.shortlist.size() * 4);
+      w.payload(ec.b.data(), 12);
+      w.u32s(counts.data(), counts.size());
+      w.u32s(m.shortlist.data(), m.shortlist.size());
+      w.end();
+    }
+    if (options.optimizer_state) {
+      uint64_t n = (m.W1_m.size() * 2 + m.b1_m.size() * 2 + m.W2_m.size() * 2) * 4;
+      w.begin("ADAM", n);
+      for (const std::vector<float>* v : {&m.W1_m, &m.W1_v, &m.b1_m, &m.b1_v, &m.W2_m, &m.W2_v}) w.floats(v->data(), v->size());
+      w.end();
+    }
+    w.begin("END ", 0); w.end();
+    return file.commit(w.ok());
+  });
 }
 
 Status load_model(const std::string& path, Model* out, const LoadOptions& options) {
   if (!out) return Status::error("load_model: out is null");
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return Status::error(strf("%s: cannot open: %s", path.c_str(), std::strerror(errno)));
-  struct Closer { std::FILE* f; ~Closer() { std::fclose(f); } } closer{f};
-  std::fseek(f, 0, SEEK_END);
-  long size = std::ftell(f);
-  std::fseek(f, 0, SEEK_SET);
-  if (size < 0) return Status::error(path + ": cannot determine the file size");
-  SectionReader r(f, base_name(path), uint64_t(size), options.max_bytes);
-  unsigned char head[16];
-  Status st = r.read_exact(head, 16, "the file header");
-  if (!st.ok()) return st;
-  if (std::memcmp(head, kMagic, 8) != 0) return Status::error(path + ": not a mongoose model (wrong magic number)");
-  BytesReader hr{head + 8, 8};
-  uint32_t version = hr.u32(), sections = hr.u32();
-  if (version < 1 || version > kFormatVersion)
-    return Status::error(strf("%s: unknown format version %u (this library reads versions 1 to %u)", path.c_str(), version, kFormatVersion));
-  const size_t conf_bytes = conf_bytes_of_version(version);
-  if (sections < 5 || sections > 9) return Status::error(strf("%s: implausible section count %u", path.c_str(), sections));
+  return guard("load_model", [&]() -> Status {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) return Status::error(strf("%s: cannot open: %s", path.c_str(), std::strerror(errno)));
+    struct Closer { std::FILE* f; ~Closer() { std::fclose(f); } } closer{f};
+    bool is_directory = false;
+    const int64_t size = open_file_size(f, &is_directory);
+    if (is_directory) return Status::error(path + ": is a directory, not a model file");
+    if (size < 0) return Status::error(path + ": not a regular file (a model is read from a file whose size is known)");
+    SectionReader r(f, path, uint64_t(size), options.max_bytes);
+    unsigned char head[16];
+    Status st = r.read_exact(head, 16, "the file header");
+    if (!st.ok()) return st;
+    if (std::memcmp(head, kMagic, 8) != 0) return Status::error(path + ": not a mongoose model (wrong magic number)");
+    BytesReader hr{head + 8, 8};
+    uint32_t version = hr.u32(), sections = hr.u32();
+    if (version < 1 || version > kFormatVersion)
+      return Status::error(strf("%s: unknown format version %u (this library reads versions 1 to %u)", path.c_str(), version, kFormatVersion));
+    const size_t conf_bytes = conf_bytes_of_version(version);
+    if (sections < 5 || sections > 9) return Status::error(strf("%s: implausible section count %u", path.c_str(), sections));
 
-  uint32_t sections_read = 0;
-  auto expect = [&](const char* want, uint64_t want_len, uint64_t* got_len) -> Status {
+    uint32_t sections_read = 0;
+    auto expect = [&](const char* want, uint64_t want_len, uint64_t* got_len) -> Status {
+      char tag[5];
+      uint64_t len;
+      ++sections_read;
+      Status s2 = r.next(tag, &len);
+      if (!s2.ok()) return s2;
+      if (std::strcmp(tag, want) != 0) return r.fail(strf("expected section '%s', found '%s'", want, tag));
+      if (want_len != ~uint64_t(0) && len != want_len)
+        return r.fail(strf("section %s has %llu bytes, expected %llu for the shapes in CONF", want, (unsigned long long)len, (unsigned long long)want_len));
+      if (got_len) *got_len = len;
+      return Status();
+    };
+    // CONF: its size is fixed by the format version.
+    uint64_t conf_len = 0;
+    st = expect("CONF", ~uint64_t(0), &conf_len);
+    if (!st.ok()) return st;
+    if (conf_len != conf_bytes)
+      return r.fail(strf("section CONF has %llu bytes, but format version %u has %zu (a corrupted version field?)",
+                         (unsigned long long)conf_len, version, conf_bytes));
+    std::vector<unsigned char> conf(conf_bytes);
+    st = r.payload(conf.data(), conf.size());
+    if (!st.ok()) return st;
+    st = r.check_crc();
+    if (!st.ok()) return st;
+    BytesReader b{conf.data(), conf.size()};
+    Config c;
+    c.hidden = b.u32(); c.output = OutputMode(b.u32()); c.learning_rate = b.f32(); c.beta1 = b.f32(); c.beta2 = b.f32();
+    c.adam_eps = b.f32(); c.batch_size = b.u32(); c.threads = b.u32(); c.seed = b.u64(); c.simd = Simd(b.u32());
+    c.hash = HashFamily(b.u32()); c.K = b.u32(); c.L = b.u32(); c.hash_density = b.f32(); c.bucket_capacity = b.u32();
+    c.bucket_policy = BucketPolicy(b.u32()); c.min_active = b.u32(); c.max_active = b.u32(); c.rehash_every = b.u32();
+    c.rehash_decay = b.f32(); c.new_hash_every = b.u32(); c.scheduler = Scheduler(b.u32()); c.check_every = b.u32();
+    c.detector_bits = b.u32(); c.tau = b.f32(); c.full_rebuild_fraction = b.f32(); c.drift_epsilon = b.f32();
+    c.learn_hash = b.u32() != 0; c.learn_every = b.u32(); c.learn_queries = b.u32(); c.hash_steps = b.u32(); c.hash_lr = b.f32();
+    c.hash_binarize = b.u32() != 0;
+    uint64_t D = b.u64(), N = b.u64(), ld = b.u64(), step = b.u64(), epoch = b.u64(), generation = b.u64();
+    uint64_t flags = b.u64();
+    if (flags & 0xFFFFFFFCull) return r.fail("CONF: unknown flags (written by a newer version?)");
+    c.sampling_correction = (flags & 1) != 0;
+    c.exact_retrieval = (flags & 2) != 0;
+    c.detector_sample = uint32_t(flags >> 32);
+    c.infer_shortlist = b.u32();
+    if (version >= 2) {
+      c.hash_loss = HashLoss(b.u32());
+      c.triplet_margin = b.f32();
+    }
+    c.tail_drift = version >= 3 ? b.f32() : 0.0f;  // older models were trained without it
+    if (uint32_t(c.simd) > 2) return r.fail("CONF: unknown SIMD setting");
+    if (options.override_training) {
+      const Config& o = *options.override_training;
+      c.learning_rate = o.learning_rate; c.beta1 = o.beta1; c.beta2 = o.beta2; c.adam_eps = o.adam_eps;
+      c.batch_size = o.batch_size; c.threads = o.threads; c.simd = o.simd; c.on_progress = o.on_progress;
+    }
+    c.max_bytes = options.max_bytes;
+    st = validate(c);
+    if (!st.ok()) return r.fail("CONF: " + st.message());
+    // A file must not decide how many threads this process starts: at most the machine's cores.
+    if (!options.override_training && c.threads > resolve_threads(0)) c.threads = 0;
+    if (D == 0 || D > 0xFFFFFFFFull || N == 0 || N > 0xFFFFFFFFull) return r.fail("CONF: feature or label count out of range");
+    if (ld != round_up(size_t(c.hidden) + 2, 8)) return r.fail("CONF: row stride does not match the hidden size");
+    if (options.expect_features && D != options.expect_features)
+      return Status::error(strf("%s: the model takes %llu features, the caller expects %zu", path.c_str(), (unsigned long long)D, options.expect_features));
+    if (options.expect_labels && N != options.expect_labels)
+      return Status::error(strf("%s: the model has %llu labels, the caller expects %zu", path.c_str(), (unsigned long long)N, options.expect_labels));
+    const bool lsh = c.output == OutputMode::lsh;
+    // Everything the shapes imply must fit in the file before anything is allocated for it.
+    const uint64_t H = c.hidden;
+    const uint64_t w1 = D * H * 4, b1 = H * 4, w2 = N * ld * 4;
+    const uint64_t hash_bytes = lsh ? 4 + (c.hash == HashFamily::simhash ? uint64_t(H + 2) * c.K * c.L * 4 : 0) : 0;
+    const uint64_t code_bytes = lsh ? N * c.L * 4 : 0;
+    const uint64_t freq_bytes = lsh ? 12 + N * 4 : 0;
+    if (w1 / 4 / H != D || w2 / 4 / ld != N || w1 + b1 + w2 + hash_bytes + code_bytes + freq_bytes > uint64_t(size))
+      return r.fail(strf("CONF: shapes (%llu features, %llu hidden, %llu labels) need more bytes than the file has",
+                         (unsigned long long)D, (unsigned long long)H, (unsigned long long)N));
+    // What loading allocates: weights and their two Adam moments, the codes and counts, the tables
+    // (about one id per code) and the projection.
+    const uint64_t needed = 3 * (w1 + b1 + w2) + 2 * code_bytes + freq_bytes + hash_bytes;
+    if (needed > options.max_bytes)
+      return r.fail(strf("CONF: loading this model needs about %llu bytes, over the memory limit of %zu",
+                         (unsigned long long)needed, options.max_bytes));
+
+    Model fresh;
+    Config init_cfg = c;
+    st = fresh.init(init_cfg, size_t(D), size_t(N));
+    if (!st.ok()) return r.fail("CONF: " + st.message());
+    Model::Impl& m = *fresh.impl_;
+    auto section_floats = [&](const char* tag, std::vector<float>* v, uint64_t n) -> Status {
+      Status s2 = expect(tag, n * 4, nullptr);
+      if (s2.ok()) s2 = r.floats(v, size_t(n));
+      if (s2.ok()) s2 = r.check_crc();
+      return s2;
+    };
+    if (!(st = section_floats("W1  ", &m.W1, D * H)).ok()) return st;
+    if (!(st = section_floats("B1  ", &m.b1, H)).ok()) return st;
+    if (!(st = section_floats("W2  ", &m.W2, N * ld)).ok()) return st;
+    for (uint64_t j = 0; j < N; ++j)
+      for (uint64_t i = H + 1; i < ld; ++i)
+        if (m.W2[j * ld + i] != 0.0f) return r.fail("section W2: padding after a bias is not zero (corrupted file?)");
+    m.step = step;
+    m.epoch = epoch;
+    m.hash_generation = generation;
+    if (lsh) {
+      st = m.init_hashing();
+      if (!st.ok()) return r.fail("HASH: " + st.message());
+      st = expect("HASH", hash_bytes, nullptr);
+      if (!st.ok()) return st;
+      unsigned char nb[4];
+      if (!(st = r.payload(nb, 4)).ok()) return st;
+      BytesReader nr{nb, 4};
+      float norm2 = nr.f32();
+      std::vector<float> P;
+      if (!(st = r.floats(&P, size_t((hash_bytes - 4) / 4))).ok()) return st;
+      if (!(st = r.check_crc()).ok()) return st;
+      if (!std::isfinite(norm2) || norm2 < 0) return r.fail("section HASH: the MIPS norm is not a finite non-negative number");
+      if (c.hash == HashFamily::simhash) {
+        st = m.hasher.set_projection(P);
+        if (!st.ok()) return r.fail("section HASH: " + st.message());
+      }
+      st = expect("CODE", code_bytes, nullptr);
+      if (!st.ok()) return st;
+      if (!(st = r.u32s(&m.item_codes, size_t(N * c.L))).ok()) return st;
+      if (!(st = r.check_crc()).ok()) return st;
+      const uint32_t limit = 1u << c.K;
+      for (size_t i = 0; i < m.item_codes.size(); ++i)
+        if (m.item_codes[i] >= limit) return r.fail(strf("section CODE: code %u of neuron %zu is not below 2^K", m.item_codes[i], i / c.L));
+      m.mips_norm2 = norm2;
+      uint64_t freq_len = 0;
+      st = expect("FREQ", ~uint64_t(0), &freq_len);
+      if (!st.ok()) return st;
+      if (freq_len < 12 + N * 4 || (freq_len - 12 - N * 4) % 4 != 0 || (freq_len - 12 - N * 4) / 4 > N)
+        return r.fail(strf("section FREQ has %llu bytes, which does not fit %llu labels", (unsigned long long)freq_len, (unsigned long long)N));
+      unsigned char eb[12];
+      if (!(st = r.payload(eb, 12)).ok()) return st;
+      BytesReader er{eb, 12};
+      m.examples_counted = er.u64();
+      uint32_t listed = er.u32();
+      if (uint64_t(listed) * 4 != freq_len - 12 - N * 4) return r.fail("section FREQ: the shortlist length does not match the section size");
+      if (!(st = r.u32s(&m.label_count, size_t(N))).ok()) return st;
+      if (!(st = r.u32s(&m.shortlist, listed)).ok()) return st;
+      if (!(st = r.check_crc()).ok()) return st;
+      for (uint32_t j : m.shortlist)
+        if (j >= N) return r.fail(strf("section FREQ: shortlist label %u out of range [0, %llu)", j, (unsigned long long)N));
+      must(m.tables.build(m.item_codes.data(), size_t(N), m.threads()));
+      if (c.scheduler != Scheduler::fixed) {
+        m.detector_codes_of_all(m.detector_codes);
+        if (m.keeps_inserted_rows()) m.remember_inserted_rows();
+      }
+    }
     char tag[5];
     uint64_t len;
     ++sections_read;
-    Status s2 = r.next(tag, &len);
-    if (!s2.ok()) return s2;
-    if (std::strcmp(tag, want) != 0) return r.fail(strf("expected section '%s', found '%s'", want, tag));
-    if (want_len != ~uint64_t(0) && len != want_len)
-      return r.fail(strf("section %s has %llu bytes, expected %llu for the shapes in CONF", want, (unsigned long long)len, (unsigned long long)want_len));
-    if (got_len) *got_len = len;
-    return Status();
-  };
-  // CONF
-  st = expect("CONF", conf_bytes, nullptr);
-  if (!st.ok()) return st;
-  std::vector<unsigned char> conf(conf_bytes);
-  st = r.payload(conf.data(), conf.size());
-  if (!st.ok()) return st;
-  st = r.check_crc();
-  if (!st.ok()) return st;
-  BytesReader b{conf.data(), conf.size()};
-  Config c;
-  c.hidden = b.u32(); c.output = OutputMode(b.u32()); c.learning_rate = b.f32(); c.beta1 = b.f32(); c.beta2 = b.f32();
-  c.adam_eps = b.f32(); c.batch_size = b.u32(); c.threads = b.u32(); c.seed = b.u64(); c.simd = Simd(b.u32());
-  c.hash = HashFamily(b.u32()); c.K = b.u32(); c.L = b.u32(); c.hash_density = b.f32(); c.bucket_capacity = b.u32();
-  c.bucket_policy = BucketPolicy(b.u32()); c.min_active = b.u32(); c.max_active = b.u32(); c.rehash_every = b.u32();
-  c.rehash_decay = b.f32(); c.new_hash_every = b.u32(); c.scheduler = Scheduler(b.u32()); c.check_every = b.u32();
-  c.detector_bits = b.u32(); c.tau = b.f32(); c.full_rebuild_fraction = b.f32(); c.drift_epsilon = b.f32();
-  c.learn_hash = b.u32() != 0; c.learn_every = b.u32(); c.learn_queries = b.u32(); c.hash_steps = b.u32(); c.hash_lr = b.f32();
-  c.hash_binarize = b.u32() != 0;
-  uint64_t D = b.u64(), N = b.u64(), ld = b.u64(), step = b.u64(), epoch = b.u64(), generation = b.u64();
-  uint64_t flags = b.u64();
-  if (flags & 0xFFFFFFFCull) return r.fail("CONF: unknown flags (written by a newer version?)");
-  c.sampling_correction = (flags & 1) != 0;
-  c.exact_retrieval = (flags & 2) != 0;
-  c.detector_sample = uint32_t(flags >> 32);
-  c.infer_shortlist = b.u32();
-  if (version >= 2) {
-    c.hash_loss = HashLoss(b.u32());
-    c.triplet_margin = b.f32();
-  }
-  c.tail_drift = version >= 3 ? b.f32() : 0.0f;  // older models were trained without it
-  if (uint32_t(c.simd) > 2) return r.fail("CONF: unknown SIMD setting");
-  if (options.override_training) {
-    const Config& o = *options.override_training;
-    c.learning_rate = o.learning_rate; c.beta1 = o.beta1; c.beta2 = o.beta2; c.adam_eps = o.adam_eps;
-    c.batch_size = o.batch_size; c.threads = o.threads; c.simd = o.simd; c.on_progress = o.on_progress;
-  }
-  st = validate(c);
-  if (!st.ok()) return r.fail("CONF: " + st.message());
-  // A file must not decide how many threads this process starts: at most the machine's cores.
-  if (!options.override_training && c.threads > resolve_threads(0)) c.threads = 0;
-  if (D == 0 || D > 0xFFFFFFFFull || N == 0 || N > 0xFFFFFFFFull) return r.fail("CONF: feature or label count out of range");
-  if (ld != round_up(size_t(c.hidden) + 2, 8)) return r.fail("CONF: row stride does not match the hidden size");
-  if (options.expect_features && D != options.expect_features)
-    return Status::error(strf("%s: the model takes %llu features, the caller expects %zu", path.c_str(), (unsigned long long)D, options.expect_features));
-  if (options.expect_labels && N != options.expect_labels)
-    return Status::error(strf("%s: the model has %llu labels, the caller expects %zu", path.c_str(), (unsigned long long)N, options.expect_labels));
-  const bool lsh = c.output == OutputMode::lsh;
-  // Everything the shapes imply must fit in the file before anything is allocated for it.
-  const uint64_t H = c.hidden;
-  const uint64_t w1 = D * H * 4, b1 = H * 4, w2 = N * ld * 4;
-  const uint64_t hash_bytes = lsh ? 4 + (c.hash == HashFamily::simhash ? uint64_t(H + 2) * c.K * c.L * 4 : 0) : 0;
-  const uint64_t code_bytes = lsh ? N * c.L * 4 : 0;
-  const uint64_t freq_bytes = lsh ? 12 + N * 4 : 0;
-  if (w1 / 4 / H != D || w2 / 4 / ld != N || w1 + b1 + w2 + hash_bytes + code_bytes + freq_bytes > uint64_t(size))
-    return r.fail(strf("CONF: shapes (%llu features, %llu hidden, %llu labels) need more bytes than the file has",
-                       (unsigned long long)D, (unsigned long long)H, (unsigned long long)N));
-  // What loading allocates: weights and their two Adam moments, the codes and counts, the tables
-  // (about one id per code) and the projection.
-  const uint64_t needed = 3 * (w1 + b1 + w2) + 2 * code_bytes + freq_bytes + hash_bytes;
-  if (needed > options.max_bytes)
-    return r.fail(strf("CONF: loading this model needs about %llu bytes, over the memory limit of %zu",
-                       (unsigned long long)needed, options.max_bytes));
-
-  Model fresh;
-  Config init_cfg = c;
-  st = fresh.init(init_cfg, size_t(D), size_t(N));
-  if (!st.ok()) return r.fail("CONF: " + st.message());
-  Model::Impl& m = *fresh.impl_;
-  auto section_floats = [&](const char* tag, std::vector<float>* v, uint64_t n) -> Status {
-    Status s2 = expect(tag, n * 4, nullptr);
-    if (s2.ok()) s2 = r.floats(v, size_t(n));
-    if (s2.ok()) s2 = r.check_crc();
-    return s2;
-  };
-  if (!(st = section_floats("W1  ", &m.W1, D * H)).ok()) return st;
-  if (!(st = section_floats("B1  ", &m.b1, H)).ok()) return st;
-  if (!(st = section_floats("W2  ", &m.W2, N * ld)).ok()) return st;
-  for (uint64_t j = 0; j < N; ++j)
-    for (uint64_t i = H + 1; i < ld; ++i)
-      if (m.W2[j * ld + i] != 0.0f) return r.fail("section W2: padding after a bias is not zero (corrupted file?)");
-  m.step = step;
-  m.epoch = epoch;
-  m.hash_generation = generation;
-  if (lsh) {
-    st = m.init_hashing();
-    if (!st.ok()) return r.fail("HASH: " + st.message());
-    st = expect("HASH", hash_bytes, nullptr);
-    if (!st.ok()) return st;
-    unsigned char nb[4];
-    if (!(st = r.payload(nb, 4)).ok()) return st;
-    BytesReader nr{nb, 4};
-    float norm2 = nr.f32();
-    std::vector<float> P;
-    if (!(st = r.floats(&P, size_t((hash_bytes - 4) / 4))).ok()) return st;
-    if (!(st = r.check_crc()).ok()) return st;
-    if (!std::isfinite(norm2) || norm2 < 0) return r.fail("section HASH: the MIPS norm is not a finite non-negative number");
-    if (c.hash == HashFamily::simhash) {
-      st = m.hasher.set_projection(P);
-      if (!st.ok()) return r.fail("section HASH: " + st.message());
-    }
-    st = expect("CODE", code_bytes, nullptr);
-    if (!st.ok()) return st;
-    if (!(st = r.u32s(&m.item_codes, size_t(N * c.L))).ok()) return st;
-    if (!(st = r.check_crc()).ok()) return st;
-    const uint32_t limit = 1u << c.K;
-    for (size_t i = 0; i < m.item_codes.size(); ++i)
-      if (m.item_codes[i] >= limit) return r.fail(strf("section CODE: code %u of neuron %zu is not below 2^K", m.item_codes[i], i / c.L));
-    m.mips_norm2 = norm2;
-    uint64_t freq_len = 0;
-    st = expect("FREQ", ~uint64_t(0), &freq_len);
-    if (!st.ok()) return st;
-    if (freq_len < 12 + N * 4 || (freq_len - 12 - N * 4) % 4 != 0 || (freq_len - 12 - N * 4) / 4 > N)
-      return r.fail(strf("section FREQ has %llu bytes, which does not fit %llu labels", (unsigned long long)freq_len, (unsigned long long)N));
-    unsigned char eb[12];
-    if (!(st = r.payload(eb, 12)).ok()) return st;
-    BytesReader er{eb, 12};
-    m.examples_counted = er.u64();
-    uint32_t listed = er.u32();
-    if (uint64_t(listed) * 4 != freq_len - 12 - N * 4) return r.fail("section FREQ: the shortlist length does not match the section size");
-    if (!(st = r.u32s(&m.label_count, size_t(N))).ok()) return st;
-    if (!(st = r.u32s(&m.shortlist, listed)).ok()) return st;
-    if (!(st = r.check_crc()).ok()) return st;
-    for (uint32_t j : m.shortlist)
-      if (j >= N) return r.fail(strf("section FREQ: shortlist label %u out of range [0, %llu)", j, (unsigned long long)N));
-    m.tables.build(m.item_codes.data(), size_t(N), m.threads());
-    if (c.scheduler != Scheduler::fixed) {
-      m.detector_codes_of_all(m.detector_codes);
-      if (m.keeps_inserted_rows()) m.remember_inserted_rows();
-    }
-  }
-  char tag[5];
-  uint64_t len;
-  ++sections_read;
-  if (!(st = r.next(tag, &len)).ok()) return st;
-  if (std::strcmp(tag, "ADAM") == 0) {
-    uint64_t want = (D * H * 2 + H * 2 + N * ld * 2) * 4;
-    if (len != want) return r.fail(strf("section ADAM has %llu bytes, expected %llu", (unsigned long long)len, (unsigned long long)want));
-    for (std::vector<float>* v : {&m.W1_m, &m.W1_v, &m.b1_m, &m.b1_v, &m.W2_m, &m.W2_v})
-      if (!(st = r.floats(v, v->size())).ok()) return st;
-    if (!(st = r.check_crc()).ok()) return st;
-    ++sections_read;
     if (!(st = r.next(tag, &len)).ok()) return st;
-  }
-  if (std::strcmp(tag, "END ") != 0 || len != 0) return r.fail(strf("expected the END section, found '%s'", tag));
-  if (!(st = r.check_crc()).ok()) return st;
-  if (r.offset() != uint64_t(size)) return r.fail("trailing bytes after the END section");
-  if (sections_read != sections)
-    return Status::error(strf("%s: the header declares %u sections but the file has %u (corrupted header)", path.c_str(), sections, sections_read));
-  m.stats = TrainStats();
-  m.stats.epochs = epoch;
-  m.next_rehash = 0;
-  m.schedule_next_rehash();
-  *out = std::move(fresh);
-  return Status();
+    if (std::strcmp(tag, "ADAM") == 0) {
+      uint64_t want = (D * H * 2 + H * 2 + N * ld * 2) * 4;
+      if (len != want) return r.fail(strf("section ADAM has %llu bytes, expected %llu", (unsigned long long)len, (unsigned long long)want));
+      for (std::vector<float>* v : {&m.W1_m, &m.W1_v, &m.b1_m, &m.b1_v, &m.W2_m, &m.W2_v})
+        if (!(st = r.floats(v, v->size())).ok()) return st;
+      if (!(st = r.check_crc()).ok()) return st;
+      ++sections_read;
+      if (!(st = r.next(tag, &len)).ok()) return st;
+    }
+    if (std::strcmp(tag, "END ") != 0 || len != 0) return r.fail(strf("expected the END section, found '%s'", tag));
+    if (!(st = r.check_crc()).ok()) return st;
+    if (r.offset() != uint64_t(size)) return r.fail("trailing bytes after the END section");
+    if (sections_read != sections)
+      return Status::error(strf("%s: the header declares %u sections but the file has %u (corrupted header)", path.c_str(), sections, sections_read));
+    m.stats = TrainStats();
+    m.stats.epochs = epoch;
+    m.next_rehash = 0;
+    m.schedule_next_rehash();
+    *out = std::move(fresh);
+    return Status();
+  });
 }
 
 }  // namespace mongoose

@@ -10,13 +10,18 @@
 // index retrieves for h (SLIDE), optionally kept current by a change-detecting scheduler and
 // learned hash functions (MONGOOSE).
 //
-// Errors are returned as Status, never thrown across the API. The library never prints and never
-// exits; it reports progress through a callback if you give it one.
+// Errors are returned as Status, never thrown across the API: every entry point catches what the
+// standard library (std::bad_alloc, ...) or a callback throws and returns it as a Status. The
+// library never prints and never exits; it reports progress through a callback if you give it one.
+// Everything sized by a caller or a file is checked against a memory budget before it is allocated
+// (default_max_bytes; Config::max_bytes, ReadOptions::max_bytes, LoadOptions::max_bytes).
 //
 // Index of this file (mongoose.cpp follows the same order):
-// [SECTION] Status
+// [SECTION] Status          (also the memory budget and the exception guard's promise)
+// [SECTION] Files           (atomic replacement of a file, writability checks)
 // [SECTION] Dense math
 // [SECTION] Random numbers
+// [SECTION] Threads         (internal to mongoose.cpp: a deterministic pool; nothing public)
 // [SECTION] Data
 // [SECTION] Hashing
 // [SECTION] Hash tables
@@ -65,6 +70,29 @@ class Status {
  private:
   std::string message_;
 };
+
+// Default memory budget, in bytes, for what a caller-controlled size or a file's header can make
+// the library allocate: 8 GiB where size_t has 64 bits, 1 GiB on 32-bit targets (inside their
+// address space). Refusals name the bytes needed and the budget; raise the budget to go beyond.
+constexpr size_t default_max_bytes = size_t(1) << (sizeof(size_t) >= 8 ? 33 : 30);
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Files
+//-----------------------------------------------------------------------------------------------
+// Every file the library writes (save_model, write_xc, write_file_atomic) is written the same way:
+// into a new temporary file next to the target, created exclusively (O_CREAT|O_EXCL: an existing
+// name, a symlink included, is never followed or reused), flushed and synced to disk, then renamed
+// over the target, and the directory synced. A crash, a full disk or a concurrent writer never
+// leaves a half-written file at the target: it holds the old contents or one complete new file.
+// A target that exists but is not a regular file (a directory, a device, a FIFO) is refused.
+
+// Writes size bytes to path atomically as above. On error path is untouched and no temporary file
+// is left behind; the message names the path and the failing step.
+Status write_file_atomic(const std::string& path, const void* data, size_t size);
+// Checks now, before long work, that write_file_atomic(path, ...) could succeed: the directory
+// exists and accepts a new file (one is created and removed), and path is not a directory or
+// device. It cannot promise the disk will still have room later.
+Status check_writable(const std::string& path);
 
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Dense math
@@ -160,15 +188,30 @@ class Rng {
 uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0);
 
 //-----------------------------------------------------------------------------------------------
+// [SECTION] Threads
+//-----------------------------------------------------------------------------------------------
+// Nothing public: training and evaluation run on a fixed pool of Config::threads workers with a
+// static partition of the work, so results depend on the seed and the thread count only.
+
+//-----------------------------------------------------------------------------------------------
 // [SECTION] Data
 //-----------------------------------------------------------------------------------------------
 // The extreme-classification text format: a header line "rows features labels", then one line per
 // row: "l1,l2,... f:v f:v ..." with 0-based label ids, then 0-based feature ids with values. A row
 // may have no label (the line then starts with a space).
 
+// Largest magnitude of a feature value anywhere (reading, training, evaluation, prediction):
+// squared gradients then stay finite in float. Larger values are refused; scale the inputs.
+constexpr float max_feature_value = 1e18f;
+
 // A multi-label sparse dataset in CSR form: row r's features are
 // feature_ids/values[row_offsets[r] .. row_offsets[r+1]), its labels
 // label_ids[label_offsets[r] .. label_offsets[r+1]).
+// The invariants (checked by validate(const Dataset&), which every call taking a Dataset runs on
+// the rows it uses): features and labels in [1, 2^32); both offset arrays have rows + 1 entries,
+// start at 0, never decrease and end at their arrays' sizes; feature ids < features, label ids
+// < labels, no id twice in one row (a duplicate is refused, never summed); values finite with
+// magnitude <= max_feature_value.
 struct Dataset {
   size_t rows = 0, features = 0, labels = 0;
   std::vector<uint64_t> row_offsets{0};
@@ -176,6 +219,9 @@ struct Dataset {
   std::vector<float> feature_values;
   std::vector<uint64_t> label_offsets{0};
   std::vector<uint32_t> label_ids;
+  // Where the rows came from: read_xc sets the file's path. When not empty, errors about row r
+  // name "source:line" (line r + 2 of the XC text: the header is line 1).
+  std::string source;
 
   struct Row {
     const uint32_t* ids;
@@ -184,30 +230,42 @@ struct Dataset {
     const uint32_t* labels;
     size_t num_labels;
   };
-  Row row(size_t r) const;
-  // Appends one row; ids must be < features and labels < labels (checked: error names the row).
+  Row row(size_t r) const;  // no checks: r < rows and a valid dataset are the caller's promise
+  // Appends one row after checking it (ids < features, labels < labels, no duplicates, values
+  // finite and within max_feature_value; null pointers only with a zero count). The error names
+  // the row; on error nothing is appended.
   Status add_row(const uint32_t* ids, const float* values, size_t nnz, const uint32_t* labels,
                  size_t num_labels);
   size_t bytes() const;  // memory held by the vectors
 };
 
+// Checks every invariant above in O(nnz); the error names the row (and source:line) and the fault.
+Status validate(const Dataset& data);
+
 struct ReadOptions {
-  // Refuse inputs whose header implies more memory than this (bytes), before allocating it.
-  size_t max_bytes = size_t(8) << 30;
+  // Refuse inputs whose header or contents need more memory than this (bytes), before allocating.
+  size_t max_bytes = default_max_bytes;
+  // Refuse a line longer than this (bytes), with its line number: a file without newlines (or
+  // /dev/zero) cannot grow the reader's buffer without bound. At least 1 KiB.
+  size_t max_line_bytes = size_t(64) << 20;
 };
 
-// Reads an XC text file. Streaming, validating: the row count must match the header, ids be in
-// range, numbers finite and well-formed, nothing trailing. Errors read "file:line:col: what", e.g.
-// "train.txt:1234:17: feature id 20001 out of range [0, 20000)". On error *out is left untouched.
+// Reads an XC text file: a regular file, or a stream that cannot seek (a pipe, /dev/stdin).
+// Streaming, validating: the row count must match the header, ids be in range and not repeated
+// within a row, numbers finite, well-formed and within max_feature_value, no NUL bytes, nothing
+// trailing. Errors read "path:line:col: what", e.g.
+// "data/train.txt:1234:17: feature id 20001 out of range [0, 20000)". On error *out is untouched.
 Status read_xc(const std::string& path, Dataset* out, const ReadOptions& options = {});
-// The same parser over a memory buffer; `name` is used in error messages.
+// The same parser over a memory buffer; `name` is used in error messages and as out->source.
 Status parse_xc(const char* text, size_t size, const std::string& name, Dataset* out,
                 const ReadOptions& options = {});
-// Writes an XC text file (values with up to 9 significant digits, so they read back exactly).
+// Writes an XC text file atomically (see [SECTION] Files), after validate(data); values with up
+// to 9 significant digits, so they read back exactly.
 Status write_xc(const std::string& path, const Dataset& data);
 
-// Scales each row's feature values to unit L2 norm (rows with no features are left alone).
-void normalize_rows(Dataset* data);
+// Scales each row's feature values to unit L2 norm (rows with no features, or all zeros, are left
+// alone). Errors only for a null pointer.
+Status normalize_rows(Dataset* data);
 
 // Learnable synthetic multi-label data: each label owns a few "prototype" features; an example
 // draws 1..max_labels labels with power-law frequencies and emits a noisy subset of their
@@ -221,6 +279,7 @@ struct SyntheticConfig {
   size_t noise_features = 4;          // random features added to every example
   float zipf_exponent = 1.0f;         // label frequency ~ 1 / rank^exponent
   uint64_t seed = 7;
+  size_t max_bytes = default_max_bytes;  // refuse configs whose data would need more (bytes)
 };
 Status make_synthetic(const SyntheticConfig& config, Dataset* train, Dataset* test);
 
@@ -255,14 +314,15 @@ class Hasher {
   Status init(const HashConfig& config, Simd simd = Simd::automatic);
   const HashConfig& config() const { return config_; }
 
+  // The three hash calls need init first; they fail only for a null pointer or out of memory.
   // codes[0..L) for one dense vector of dim floats.
-  void hash(const float* v, uint32_t* codes) const;
-  // codes[0..L) for one sparse vector (ids < dim; DWTA reads only the listed coordinates).
-  void hash_sparse(const uint32_t* ids, const float* values, size_t nnz, uint32_t* codes) const;
-  // codes[i*L .. i*L+L) for n dense vectors (row i at vs + i*ld). SimHash: one matrix product
-  // (gemm) then sign packing. `scratch` avoids allocation when reused (grows as needed).
-  void hash_batch(const float* vs, size_t n, size_t ld, uint32_t* codes,
-                  std::vector<float>* scratch = nullptr) const;
+  Status hash(const float* v, uint32_t* codes) const;
+  // codes[0..L) for one sparse vector (ids < dim, checked; DWTA reads only the listed coordinates).
+  Status hash_sparse(const uint32_t* ids, const float* values, size_t nnz, uint32_t* codes) const;
+  // codes[i*L .. i*L+L) for n dense vectors (row i at vs + i*ld, ld >= dim). SimHash: one matrix
+  // product (gemm) then sign packing. `scratch` avoids allocation when reused (grows as needed).
+  Status hash_batch(const float* vs, size_t n, size_t ld, uint32_t* codes,
+                    std::vector<float>* scratch = nullptr) const;
 
   // SimHash projection matrix: dim rows x (K*L) columns, row-major; column t*K+b is bit b of
   // table t. Any real values work (learned projections, +-1, ...).
@@ -279,12 +339,17 @@ class Hasher {
   std::vector<uint32_t> dwta_next_slot_; // dwta: chain of further slots of the same coordinate
   uint32_t bins_per_table_ = 0;
   void dwta_codes(const float* bin_max_values, const uint32_t* bin_winner, uint32_t* codes) const;
+  // The hash calls after their checks (they may throw std::bad_alloc; the callers guard).
+  void hash_dense(const float* v, uint32_t* codes) const;
+  void hash_sparse_checked(const uint32_t* ids, const float* values, size_t nnz, uint32_t* codes) const;
+  void hash_rows(const float* vs, size_t n, size_t ld, uint32_t* codes, std::vector<float>* scratch) const;
 };
 
 // The hash learner's triplet loss for one table (HashLoss::triplet), exposed so it can be checked.
 // a, bp, bn are the K pre-tanh projections P_t^T q, P_t^T w+, P_t^T w-; returns
 // max(0, margin - cos(tanh a, tanh bp) + cos(tanh a, tanh bn)) (a zero vector's cosine is 0).
 // When da, dbp, dbn are not null they receive the gradient with respect to a, bp and bn.
+// K in 1..24 (the table bits) and non-null inputs; otherwise NaN is returned.
 float triplet_hinge_loss(const float* a, const float* bp, const float* bn, size_t K, float margin,
                          float* da = nullptr, float* dbp = nullptr, float* dbn = nullptr);
 
@@ -324,21 +389,23 @@ class HashTables {
   Status init(const TableConfig& config);
   const TableConfig& config() const { return config_; }
 
+  // The calls below need init first and fail only for null pointers or out of memory (then the
+  // tables may hold part of the operation; clear() or build() starts afresh).
   // Adds `id` to bucket codes[t] of each table t (codes has L entries in [0, 2^K)).
-  void insert(uint32_t id, const uint32_t* codes);
+  Status insert(uint32_t id, const uint32_t* codes);
   // Removes `id` from the buckets named by codes (where it was inserted); absent ids are ignored.
-  void remove(uint32_t id, const uint32_t* codes);
+  Status remove(uint32_t id, const uint32_t* codes);
   // remove(id, old_codes) then insert(id, new_codes), skipping tables whose code did not change.
-  void update(uint32_t id, const uint32_t* old_codes, const uint32_t* new_codes);
+  Status update(uint32_t id, const uint32_t* old_codes, const uint32_t* new_codes);
   void clear();  // drops every id and frees the buckets
   // Clears, then inserts items 0..n-1 (codes row-major n x L), tables in parallel on `threads`
   // threads. Deterministic for a fixed seed whatever the thread count.
-  void build(const uint32_t* codes, size_t n, uint32_t threads = 1);
+  Status build(const uint32_t* codes, size_t n, uint32_t threads = 1);
 
   // Union of the buckets codes[t] over all tables, with hit counts, into *out (cleared first).
-  void query(const uint32_t* codes, QueryResult* out) const;
+  Status query(const uint32_t* codes, QueryResult* out) const;
   // Keeps only the m items with the most hits (ties: first seen), in descending hit order.
-  static void keep_top_hits(QueryResult* result, size_t m);
+  static Status keep_top_hits(QueryResult* result, size_t m);
   // The ids in bucket `bucket` of table `table` (empty if never used).
   const std::vector<uint32_t>& bucket(uint32_t table, uint32_t bucket) const;
 
@@ -364,6 +431,11 @@ class HashTables {
   const Bucket* find_bucket(uint32_t table, uint32_t code) const;
   void insert_into(uint32_t table, uint32_t id, uint32_t code);
   void remove_from(uint32_t table, uint32_t id, uint32_t code);
+  Status check_ready(const char* where, bool pointers_given) const;
+  // The calls after their checks (they may throw std::bad_alloc; the callers guard).
+  void build_tables(const uint32_t* codes, size_t n, uint32_t threads);
+  void query_into(const uint32_t* codes, QueryResult* out) const;
+  static void keep_top_hits_into(QueryResult* result, size_t m);
 };
 
 //-----------------------------------------------------------------------------------------------
@@ -425,6 +497,9 @@ struct Config {
   uint32_t threads = 0;           // worker threads; 0 = all cores
   uint64_t seed = 42;             // weights, shuffling, sampling, hash functions
   Simd simd = Simd::automatic;
+  // Model::init refuses a network whose weights, optimizer state, index and scratch would need
+  // more than this many bytes (the message gives both figures). Not stored in model files.
+  size_t max_bytes = default_max_bytes;
 
   // LSH output layer (output == lsh).
   HashFamily hash = HashFamily::simhash;
@@ -486,7 +561,9 @@ struct Config {
   HashLoss hash_loss = HashLoss::bce;
   float triplet_margin = 0.5f;    // HashLoss::triplet: hinge margin between the cosines, (0, 2]
 
-  // Called after every batch; return false to stop training (train_epoch then returns ok).
+  // Called after every batch; return false to stop training (train_epoch then returns ok). If it
+  // throws, train_epoch returns the exception's message as an error; the batch it reported on is
+  // trained, nothing after it.
   std::function<bool(const Progress&)> on_progress;
 };
 Status validate(const Config& config);
@@ -542,6 +619,10 @@ struct Scored {
 
 // Thread safety: const calls (evaluate, predict, retrieval_recall, weights, stats) may run from
 // several threads at once; calls that train or load need the model to themselves.
+// Every call taking a Dataset validates the rows it uses (validate(const Dataset&); train_batch
+// only the given rows) and refuses a dataset with more features or labels than the model.
+// A refused call leaves the model as it was. If memory runs out inside a training batch after its
+// update began, the call says so: that batch may then be partly applied.
 class Model {
  public:
   Model();
@@ -595,6 +676,14 @@ class Model {
   struct Impl;
 
  private:
+  // The calls' bodies, run inside the exception guard after the argument checks.
+  Status init_checked(const Config& config, size_t features, size_t labels);
+  Status train_epoch_checked(const Dataset& data);
+  Status evaluate_checked(const Dataset& data, InferMode mode, Metrics* out) const;
+  Status retrieval_recall_checked(const Dataset& data, size_t max_rows, size_t k, double* recall,
+                                  double* mean_retrieved) const;
+  Status predict_checked(const uint32_t* ids, const float* values, size_t nnz, size_t k, InferMode mode,
+                         std::vector<Scored>* out) const;
   std::unique_ptr<Impl> impl_;
   friend Status save_model(const Model&, const std::string&, const struct SaveOptions&);
   friend Status load_model(const std::string&, Model*, const struct LoadOptions&);
@@ -630,7 +719,8 @@ struct SaveOptions {
 
 struct LoadOptions {
   // Refuse files whose contents would need more memory than this (bytes), before allocating.
-  size_t max_bytes = size_t(8) << 30;
+  // It is also the loaded model's Config::max_bytes.
+  size_t max_bytes = default_max_bytes;
   // When not 0, the file's feature / label counts must equal these.
   size_t expect_features = 0, expect_labels = 0;
   // Training settings (threads, learning rate, callbacks, ...) to use instead of the saved ones;
@@ -639,8 +729,9 @@ struct LoadOptions {
   const Config* override_training = nullptr;
 };
 
-// Saves `model` to `path`: written to path + ".tmp", then renamed over path, so a crash never
-// leaves a half-written model where the old one was.
+// Saves `model` to `path` atomically (see [SECTION] Files): a crash, a full disk or a concurrent
+// save never leaves a half-written model where the old one was. Refuses, writing nothing, a model
+// holding non-finite values.
 Status save_model(const Model& model, const std::string& path, const SaveOptions& options = {});
 // Loads a model saved by save_model into *out. On any error *out is left exactly as it was.
 Status load_model(const std::string& path, Model* out, const LoadOptions& options = {});

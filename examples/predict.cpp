@@ -9,28 +9,45 @@
 
 #include "../mongoose.h"
 
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
+namespace {
+std::string feature_mismatch(const std::string& path, size_t declared, size_t model_features) {
+  return path + ": declares " + std::to_string(declared) + " features but the model takes " +
+         std::to_string(model_features) + " (another data set?)";
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   std::string model_path, input_path;
-  long k = 5;
+  uint64_t k = 5;
   mongoose::InferMode mode = mongoose::InferMode::full;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
+    if (a != "--model" && a != "--input" && a != "--k" && a != "--infer") {
+      std::fprintf(stderr, "mongoose-predict: unknown option %s\n", a.c_str());
+      return 2;
+    }
     if (i + 1 >= argc) {
       std::fprintf(stderr, "mongoose-predict: missing value after %s\n", a.c_str());
       return 2;
     }
     std::string v = argv[++i];
+    if ((a == "--model" || a == "--input") && v.empty()) {
+      std::fprintf(stderr, "mongoose-predict: %s needs a file path\n", a.c_str());
+      return 2;
+    }
     if (a == "--model") model_path = v;
     else if (a == "--input") input_path = v;
     else if (a == "--k") {
-      char* end = nullptr;
-      k = std::strtol(v.c_str(), &end, 10);
-      if (*end || k < 1 || k > 100000) {
+      // Digits only: "5.5", "0x10" or "-1" are refused, not truncated.
+      auto res = std::from_chars(v.data(), v.data() + v.size(), k);
+      bool digits = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos;
+      if (!digits || res.ec != std::errc() || res.ptr != v.data() + v.size() || k < 1 || k > 100000) {
         std::fprintf(stderr, "mongoose-predict: bad value '%s' for --k (expected 1..100000)\n", v.c_str());
         return 2;
       }
@@ -41,9 +58,6 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "mongoose-predict: bad value '%s' for --infer (expected full or lsh)\n", v.c_str());
         return 2;
       }
-    } else {
-      std::fprintf(stderr, "mongoose-predict: unknown option %s\n", a.c_str());
-      return 2;
     }
   }
   if (model_path.empty() || input_path.empty()) {
@@ -54,8 +68,12 @@ int main(int argc, char** argv) {
   mongoose::Status st = mongoose::load_model(model_path, &model);
   mongoose::Dataset data;
   if (st.ok()) st = mongoose::read_xc(input_path, &data);
-  if (st.ok() && data.features > model.features())
-    st = mongoose::Status::error(input_path + ": declares more features than the model takes");
+  // Feature ids mean nothing across data sets: the input must declare the model's feature count.
+  if (st.ok() && data.features != model.features())
+    st = mongoose::Status::error(feature_mismatch(input_path, data.features, model.features()));
+  if (st.ok() && data.labels > model.labels())
+    st = mongoose::Status::error(input_path + ": declares " + std::to_string(data.labels) + " labels, more than the model's " +
+                                 std::to_string(model.labels()) + " (another data set?)");
   std::vector<mongoose::Scored> top;
   std::string line;
   for (size_t r = 0; st.ok() && r < data.rows; ++r) {

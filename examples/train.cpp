@@ -6,13 +6,17 @@
 // Prints a progress line on stderr when it is a terminal, and exactly one line on stdout:
 //   result mode=... epochs=E train_seconds=X examples_per_second=X p@1=X p@3=X p@5=X peak_rss_mb=X ...
 // Exit status: 0 on success, 1 on a training or data error, 2 on a usage error.
+// Before training it checks what would otherwise fail after it: every input exists and parses, the
+// --save and --log destinations can be created, and no output is the same file as an input.
 
 #include "../mongoose.h"
 
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -82,13 +86,40 @@ void usage(FILE* out) {
                d.K, d.L, d.min_active, d.max_active, double(d.triplet_margin), double(d.tail_drift));
 }
 
-bool parse_number(const char* s, double* out) {
+// A whole decimal integer in [lo, hi]: digits only, so "1.5", "0x10", "-1" and "1e3" are refused
+// rather than truncated or reinterpreted.
+bool parse_count(const std::string& v, uint64_t lo, uint64_t hi, uint64_t* out) {
+  if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos) return false;
+  uint64_t n = 0;
+  auto res = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (res.ec != std::errc() || res.ptr != v.data() + v.size() || n < lo || n > hi) return false;
+  *out = n;
+  return true;
+}
+
+// A finite decimal number in [lo, hi] ("1e-3" is fine; hex floats, inf and nan are not).
+bool parse_real(const std::string& v, double lo, double hi, double* out) {
+  if (v.empty() || v.find_first_not_of("0123456789.eE+-") != std::string::npos) return false;
   char* end = nullptr;
   errno = 0;
-  double v = std::strtod(s, &end);
-  if (errno || end == s || *end != '\0' || !std::isfinite(v)) return false;
-  *out = v;
+  double x = std::strtod(v.c_str(), &end);
+  if (errno || end != v.c_str() + v.size() || !std::isfinite(x) || x < lo || x > hi) return false;
+  *out = x;
   return true;
+}
+
+// Options that take a value; anything else but --help and --scalar is unknown.
+bool takes_value(const std::string& a) {
+  static const char* const names[] = {
+      "--train", "--test", "--log", "--save", "--load", "--hidden", "--epochs", "--batch", "--lr", "--threads",
+      "--seed", "--time-limit", "--normalize", "--eval-every-epoch", "--output", "--hash", "--K", "--L",
+      "--bucket-capacity", "--min-active", "--max-active", "--rehash-every", "--rehash-decay", "--new-hash-every",
+      "--scheduler", "--tau", "--check-every", "--detector-bits", "--learn-hash", "--learn-every", "--hash-lr",
+      "--hash-steps", "--binarize", "--hash-loss", "--triplet-margin", "--exact-retrieval", "--tail-drift",
+      "--sampling-correction", "--infer"};
+  for (const char* n : names)
+    if (a == n) return true;
+  return false;
 }
 
 // Parses argv into *o; returns an empty string or an error message.
@@ -103,30 +134,35 @@ std::string parse_args(int argc, char** argv, Options* o) {
       o->cfg.simd = mongoose::Simd::scalar;
       continue;
     }
+    if (!takes_value(a)) return "unknown option " + a;
     if (i + 1 >= argc) return "missing value after " + a;
     std::string v = argv[++i];
     double x = 0;
-    auto num = [&](double lo, double hi) -> bool {
-      return parse_number(v.c_str(), &x) && x >= lo && x <= hi;
-    };
+    uint64_t n = 0;
+    auto num = [&](double lo, double hi) { return parse_real(v, lo, hi, &x); };
+    auto count = [&](uint64_t lo, uint64_t hi) { return parse_count(v, lo, hi, &n); };
     auto bad = [&](const char* range) { return "bad value '" + v + "' for " + a + " (expected " + range + ")"; };
+    auto path = [&](std::string* out) -> bool {
+      *out = v;
+      return !v.empty();
+    };
     auto onoff = [&](bool* flag) -> bool {
       if (v == "on") *flag = true;
       else if (v == "off") *flag = false;
       else return false;
       return true;
     };
-    if (a == "--train") o->train = v;
-    else if (a == "--test") o->test = v;
-    else if (a == "--log") o->log = v;
-    else if (a == "--save") o->save = v;
-    else if (a == "--load") o->load = v;
-    else if (a == "--hidden") { if (!num(1, 65536)) return bad("1..65536"); o->cfg.hidden = uint32_t(x); }
-    else if (a == "--epochs") { if (!num(0, 1e6)) return bad("0..1000000"); o->epochs = int(x); }
-    else if (a == "--batch") { if (!num(1, 65536)) return bad("1..65536"); o->cfg.batch_size = uint32_t(x); }
+    if (a == "--train") { if (!path(&o->train)) return a + " needs a file path"; }
+    else if (a == "--test") { if (!path(&o->test)) return a + " needs a file path"; }
+    else if (a == "--log") { if (!path(&o->log)) return a + " needs a file path"; }
+    else if (a == "--save") { if (!path(&o->save)) return a + " needs a file path"; }
+    else if (a == "--load") { if (!path(&o->load)) return a + " needs a file path"; }
+    else if (a == "--hidden") { if (!count(1, 65536)) return bad("an integer in 1..65536"); o->cfg.hidden = uint32_t(n); }
+    else if (a == "--epochs") { if (!count(0, 1000000)) return bad("an integer in 0..1000000"); o->epochs = int(n); }
+    else if (a == "--batch") { if (!count(1, 65536)) return bad("an integer in 1..65536"); o->cfg.batch_size = uint32_t(n); }
     else if (a == "--lr") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.learning_rate = float(x); }
-    else if (a == "--threads") { if (!num(0, 1024)) return bad("0..1024"); o->cfg.threads = uint32_t(x); }
-    else if (a == "--seed") { if (!num(0, 1e18)) return bad("a non-negative integer"); o->cfg.seed = uint64_t(x); }
+    else if (a == "--threads") { if (!count(0, 1024)) return bad("an integer in 0..1024"); o->cfg.threads = uint32_t(n); }
+    else if (a == "--seed") { if (!count(0, ~uint64_t(0))) return bad("an integer in 0..18446744073709551615"); o->cfg.seed = n; }
     else if (a == "--time-limit") { if (!num(0, 1e9)) return bad("seconds >= 0"); o->time_limit = x; }
     else if (a == "--normalize") { if (!onoff(&o->normalize)) return bad("on or off"); }
     else if (a == "--eval-every-epoch") { if (!onoff(&o->eval_every_epoch)) return bad("on or off"); }
@@ -144,26 +180,26 @@ std::string parse_args(int argc, char** argv, Options* o) {
       if (v == "simhash") o->cfg.hash = mongoose::HashFamily::simhash;
       else if (v == "dwta") o->cfg.hash = mongoose::HashFamily::dwta;
       else return bad("simhash or dwta");
-    } else if (a == "--K") { if (!num(1, 24)) return bad("1..24"); o->cfg.K = uint32_t(x); }
-    else if (a == "--L") { if (!num(1, 1024)) return bad("1..1024"); o->cfg.L = uint32_t(x); }
-    else if (a == "--bucket-capacity") { if (!num(1, 65535)) return bad("1..65535"); o->cfg.bucket_capacity = uint32_t(x); }
-    else if (a == "--min-active") { if (!num(0, 4e9)) return bad("a count"); o->cfg.min_active = uint32_t(x); }
-    else if (a == "--max-active") { if (!num(0, 4e9)) return bad("a count"); o->cfg.max_active = uint32_t(x); }
-    else if (a == "--rehash-every") { if (!num(0, 4e9)) return bad("a count"); o->cfg.rehash_every = uint32_t(x); }
+    } else if (a == "--K") { if (!count(1, 24)) return bad("an integer in 1..24"); o->cfg.K = uint32_t(n); }
+    else if (a == "--L") { if (!count(1, 1024)) return bad("an integer in 1..1024"); o->cfg.L = uint32_t(n); }
+    else if (a == "--bucket-capacity") { if (!count(1, 65535)) return bad("an integer in 1..65535"); o->cfg.bucket_capacity = uint32_t(n); }
+    else if (a == "--min-active") { if (!count(0, 4294967295)) return bad("an integer in 0..4294967295"); o->cfg.min_active = uint32_t(n); }
+    else if (a == "--max-active") { if (!count(0, 4294967295)) return bad("an integer in 0..4294967295"); o->cfg.max_active = uint32_t(n); }
+    else if (a == "--rehash-every") { if (!count(0, 4294967295)) return bad("an integer in 0..4294967295"); o->cfg.rehash_every = uint32_t(n); }
     else if (a == "--rehash-decay") { if (!num(0, 1)) return bad("0..1"); o->cfg.rehash_decay = float(x); }
-    else if (a == "--new-hash-every") { if (!num(0, 4e9)) return bad("a count"); o->cfg.new_hash_every = uint32_t(x); }
+    else if (a == "--new-hash-every") { if (!count(0, 4294967295)) return bad("an integer in 0..4294967295"); o->cfg.new_hash_every = uint32_t(n); }
     else if (a == "--scheduler") {
       if (v == "fixed") o->cfg.scheduler = mongoose::Scheduler::fixed;
       else if (v == "detect") o->cfg.scheduler = mongoose::Scheduler::detect;
       else if (v == "incremental") o->cfg.scheduler = mongoose::Scheduler::incremental;
       else return bad("fixed, detect or incremental");
     } else if (a == "--tau") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.tau = float(x); }
-    else if (a == "--check-every") { if (!num(1, 4e9)) return bad("a count >= 1"); o->cfg.check_every = uint32_t(x); }
-    else if (a == "--detector-bits") { if (!num(1, 32)) return bad("1..32"); o->cfg.detector_bits = uint32_t(x); }
+    else if (a == "--check-every") { if (!count(1, 4294967295)) return bad("an integer in 1..4294967295"); o->cfg.check_every = uint32_t(n); }
+    else if (a == "--detector-bits") { if (!count(1, 32)) return bad("an integer in 1..32"); o->cfg.detector_bits = uint32_t(n); }
     else if (a == "--learn-hash") { if (!onoff(&o->cfg.learn_hash)) return bad("on or off"); }
-    else if (a == "--learn-every") { if (!num(0, 4e9)) return bad("a count"); o->cfg.learn_every = uint32_t(x); }
+    else if (a == "--learn-every") { if (!count(0, 4294967295)) return bad("an integer in 0..4294967295"); o->cfg.learn_every = uint32_t(n); }
     else if (a == "--hash-lr") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.hash_lr = float(x); }
-    else if (a == "--hash-steps") { if (!num(1, 10000)) return bad("1..10000"); o->cfg.hash_steps = uint32_t(x); }
+    else if (a == "--hash-steps") { if (!count(1, 10000)) return bad("an integer in 1..10000"); o->cfg.hash_steps = uint32_t(n); }
     else if (a == "--binarize") { if (!onoff(&o->cfg.hash_binarize)) return bad("on or off"); }
     else if (a == "--hash-loss") {
       if (v == "bce") o->cfg.hash_loss = mongoose::HashLoss::bce;
@@ -184,6 +220,32 @@ std::string parse_args(int argc, char** argv, Options* o) {
   return "";
 }
 
+// True when both paths name one existing file (same device and inode), however they are spelled.
+bool same_file(const std::string& a, const std::string& b) {
+  struct stat sa, sb;
+  if (stat(a.c_str(), &sa) != 0 || stat(b.c_str(), &sb) != 0) return false;
+  return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+// The outputs are neither an input nor each other, and can be created: checked before training,
+// so that a run is never lost to a destination that fails at the end.
+std::string check_outputs(const Options& o) {
+  const std::pair<const char*, const std::string*> inputs[] = {{"--train", &o.train}, {"--test", &o.test}, {"--load", &o.load}};
+  const std::pair<const char*, const std::string*> outputs[] = {{"--save", &o.save}, {"--log", &o.log}};
+  for (const auto& out : outputs) {
+    if (out.second->empty()) continue;
+    for (const auto& in : inputs)
+      if (!in.second->empty() && (*in.second == *out.second || same_file(*in.second, *out.second)))
+        return std::string(out.first) + " " + *out.second + " is the same file as " + in.first + " " + *in.second +
+               "; it would be overwritten";
+    mongoose::Status st = mongoose::check_writable(*out.second);
+    if (!st.ok()) return std::string(out.first) + ": " + st.message();
+  }
+  if (!o.save.empty() && !o.log.empty() && (o.save == o.log || same_file(o.save, o.log)))
+    return "--save and --log name the same file " + o.save;
+  return "";
+}
+
 double peak_rss_mb() {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -200,6 +262,11 @@ int main(int argc, char** argv) {
     usage(stderr);
     return 2;
   }
+  err = check_outputs(o);
+  if (!err.empty()) {
+    std::fprintf(stderr, "mongoose-train: %s\n", err.c_str());
+    return 1;
+  }
   mongoose::Dataset train, test;
   mongoose::Status st = mongoose::read_xc(o.train, &train);
   if (st.ok()) st = mongoose::read_xc(o.test, &test);
@@ -207,9 +274,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "mongoose-train: %s\n", st.message().c_str());
     return 1;
   }
-  if (test.features > train.features || test.labels > train.labels) {
-    std::fprintf(stderr, "mongoose-train: %s declares %zu features and %zu labels, more than %s (%zu, %zu)\n",
+  if (test.features != train.features || test.labels != train.labels) {
+    std::fprintf(stderr, "mongoose-train: %s declares %zu features and %zu labels, %s %zu and %zu: not the same data set\n",
                  o.test.c_str(), test.features, test.labels, o.train.c_str(), train.features, train.labels);
+    return 1;
+  }
+  if (test.rows == 0) {
+    std::fprintf(stderr, "mongoose-train: %s has no rows to evaluate on\n", o.test.c_str());
     return 1;
   }
   if (o.normalize) {
@@ -250,15 +321,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "mongoose-train: %s\n", st.message().c_str());
     return 1;
   }
-  FILE* log = nullptr;
-  if (!o.log.empty()) {
-    log = std::fopen(o.log.c_str(), "w");
-    if (!log) {
-      std::fprintf(stderr, "mongoose-train: cannot create %s: %s\n", o.log.c_str(), std::strerror(errno));
-      return 1;
-    }
-    std::fprintf(log, "epoch,seconds,loss,p@1,p@3,p@5\n");
-  }
+  // The CSV log is rewritten whole after each epoch, atomically (never half a file).
+  std::string log_text = "epoch,seconds,loss,p@1,p@3,p@5\n";
   mongoose::Metrics m;
   int epochs_done = 0;
   bool evaluated_last = false;
@@ -274,15 +338,17 @@ int main(int argc, char** argv) {
       const mongoose::TrainStats& s = model.stats();
       if (tty) std::fprintf(stderr, "\repoch %d  loss %.4f  train %.1f s  p@1 %.4f  p@3 %.4f  p@5 %.4f\n", e + 1,
                             s.mean_loss_last_epoch, s.seconds, m.p_at_1, m.p_at_3, m.p_at_5);
-      if (log) {
-        std::fprintf(log, "%d,%.3f,%.5f,%.5f,%.5f,%.5f\n", e + 1, s.seconds, s.mean_loss_last_epoch, m.p_at_1,
-                     m.p_at_3, m.p_at_5);
-        std::fflush(log);
+      if (!o.log.empty()) {
+        char row[160];
+        std::snprintf(row, sizeof row, "%d,%.3f,%.5f,%.5f,%.5f,%.5f\n", e + 1, s.seconds, s.mean_loss_last_epoch,
+                      m.p_at_1, m.p_at_3, m.p_at_5);
+        log_text += row;
+        st = mongoose::write_file_atomic(o.log, log_text.data(), log_text.size());
+        if (!st.ok()) break;
       }
     }
   }
   if (st.ok() && !evaluated_last) st = model.evaluate(test, mongoose::InferMode::full, &m);
-  if (log) std::fclose(log);
   if (st.ok() && !o.save.empty()) st = mongoose::save_model(model, o.save);
   if (!st.ok()) {
     std::fprintf(stderr, "mongoose-train: %s\n", st.message().c_str());

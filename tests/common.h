@@ -1,7 +1,18 @@
 // Shared helpers for the tests: where the real datasets live, and a skip message when absent.
 #pragma once
-#include <string>
+#include <dirent.h>
+#include <doctest/doctest.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #ifndef MONGOOSE_SOURCE_DIR
 #define MONGOOSE_SOURCE_DIR "."
@@ -14,3 +25,64 @@ inline std::string shared_data_dir() {
   struct stat st;
   return stat(dir.c_str(), &st) == 0 ? dir : std::string();
 }
+
+// ---- Files and directories (POSIX; tests only). ----
+
+// Removes a file or a directory tree (no symlinks are followed).
+inline void remove_tree(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    if (DIR* d = opendir(path.c_str())) {
+      std::vector<std::string> names;
+      while (dirent* e = readdir(d)) {
+        std::string n = e->d_name;
+        if (n != "." && n != "..") names.push_back(n);
+      }
+      closedir(d);
+      for (const std::string& n : names) remove_tree(path + "/" + n);
+    }
+    rmdir(path.c_str());
+  } else {
+    unlink(path.c_str());
+  }
+}
+
+// A fresh directory $TMPDIR/mongoose_io_<pid>_XXXXXX (or under /tmp), removed with its contents.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/mongoose_io_" + std::to_string(getpid()) + "_XXXXXX";
+    std::vector<char> buf(pattern.begin(), pattern.end());
+    buf.push_back('\0');
+    const char* made = mkdtemp(buf.data());
+    REQUIRE_MESSAGE(made != nullptr, "mkdtemp failed: ", std::strerror(errno));
+    path = made;
+  }
+  ~TempDir() { remove_tree(path); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return path + "/" + name; }
+};
+
+inline bool exists(const std::string& path) {
+  struct stat st;
+  return lstat(path.c_str(), &st) == 0;
+}
+
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+inline void write_bytes(const std::string& path, const std::string& bytes) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  REQUIRE_MESSAGE(f != nullptr, "cannot write ", path);
+  size_t n = bytes.empty() ? 0 : std::fwrite(bytes.data(), 1, bytes.size(), f);
+  REQUIRE(std::fclose(f) == 0);
+  REQUIRE(n == bytes.size());
+}
+

@@ -470,10 +470,10 @@ TEST_CASE("model: bad configurations and calls give clear errors") {
   float v = 1;
   std::vector<Scored> top;
   CHECK(m.predict(&id, &v, 1, 3, InferMode::full, &top).message() ==
-        "Model::predict: feature id 13 (position 0) out of range [0, 13)");
+        "Model::predict: feature id 13 out of range [0, 13)");
   id = 2;
   v = std::nanf("");
-  CHECK(m.predict(&id, &v, 1, 3, InferMode::full, &top).message() == "Model::predict: value at position 0 is not finite");
+  CHECK(m.predict(&id, &v, 1, 3, InferMode::full, &top).message() == "Model::predict: feature 2 has value nan; values must be finite with magnitude <= 1e18 (scale the inputs)");
 }
 
 TEST_CASE("model: training on real data (bibtex) if present") {
