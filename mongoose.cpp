@@ -212,18 +212,22 @@ struct NeonOps {
   static void div(V& r, const V& a, const V& b) { r = vdivq_f32(a, b); }
   static void sqrt(V& r, const V& a) { r = vsqrtq_f32(a); }
 #else
+  // Lane by lane: the VFP registers s0..s31 are the lanes of q0..q7, so no memory round trip.
   static void div(V& r, const V& a, const V& b) {
-    float x[4], y[4];
-    vst1q_f32(x, a);
-    vst1q_f32(y, b);
-    for (int i = 0; i < 4; ++i) x[i] /= y[i];
-    r = vld1q_f32(x);
+    float32x4_t q = a;
+    q = vsetq_lane_f32(vgetq_lane_f32(a, 0) / vgetq_lane_f32(b, 0), q, 0);
+    q = vsetq_lane_f32(vgetq_lane_f32(a, 1) / vgetq_lane_f32(b, 1), q, 1);
+    q = vsetq_lane_f32(vgetq_lane_f32(a, 2) / vgetq_lane_f32(b, 2), q, 2);
+    q = vsetq_lane_f32(vgetq_lane_f32(a, 3) / vgetq_lane_f32(b, 3), q, 3);
+    r = q;
   }
   static void sqrt(V& r, const V& a) {
-    float x[4];
-    vst1q_f32(x, a);
-    for (int i = 0; i < 4; ++i) x[i] = std::sqrt(x[i]);
-    r = vld1q_f32(x);
+    float32x4_t q = a;
+    q = vsetq_lane_f32(std::sqrt(vgetq_lane_f32(a, 0)), q, 0);
+    q = vsetq_lane_f32(std::sqrt(vgetq_lane_f32(a, 1)), q, 1);
+    q = vsetq_lane_f32(std::sqrt(vgetq_lane_f32(a, 2)), q, 2);
+    q = vsetq_lane_f32(std::sqrt(vgetq_lane_f32(a, 3)), q, 3);
+    r = q;
   }
 #endif
   // a > b ? a : b, exactly like the scalar and AVX2 max (vmaxq_f32 would give NaN where only a
