@@ -4,7 +4,10 @@
 //   c++ -O2 -std=c++17 -pthread your_program.cpp mongoose.cpp
 // AVX2/FMA kernels are compiled with target attributes and chosen at run time, so no -m flags are
 // needed; ARM builds with NEON (every AArch64 build; 32-bit with -mfpu=neon) use NEON kernels; a
-// portable scalar path runs everywhere else.
+// portable scalar path runs everywhere else. Models trained on x86 and on ARM are bit-identical
+// only with Simd::scalar, the same libm and -ffp-contract=off on ARM (compilers there fuse
+// a * b + c by default); the AVX2 and NEON paths differ from scalar in the last bits (fused
+// multiply-adds, summation order).
 //
 // The network: sparse input x (D features) -> hidden h = ReLU(W1^T x + b1) (H units) -> output over
 // N labels. The output layer is either the full softmax, or a softmax over the few neurons an LSH
