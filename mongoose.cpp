@@ -1,7 +1,7 @@
 // mongoose.cpp - implementation of mongoose.h. Sections follow the header's order:
 // [SECTION] Status            (also the exception guard every entry point goes through)
 // [SECTION] Files             (platform calls: sizes, exclusive temporaries, atomic rename, fsync)
-// [SECTION] Dense math        (SIMD vocabulary, kernels written once, AVX2 + scalar instances)
+// [SECTION] Dense math        (SIMD vocabulary, kernels written once, AVX2, NEON + scalar instances)
 // [SECTION] Random numbers
 // [SECTION] Threads           (internal: a small pool with static, deterministic partitioning)
 // [SECTION] Data
@@ -58,6 +58,15 @@
 #include <immintrin.h>
 #else
 #define MONGOOSE_HAVE_AVX2 0
+#endif
+
+// NEON is part of the ARM target itself (always on AArch64; on 32-bit ARM when compiled with
+// -mfpu=neon), so it is chosen at compile time: there is no run-time check and no target attribute.
+#if defined(__ARM_NEON) && !defined(MONGOOSE_NO_NEON)
+#define MONGOOSE_HAVE_NEON 1
+#include <arm_neon.h>
+#else
+#define MONGOOSE_HAVE_NEON 0
 #endif
 
 // Register tiles are small fixed-size loops that must be fully unrolled to stay in registers.
@@ -386,7 +395,8 @@ Status check_writable(const std::string& path) {
 //-----------------------------------------------------------------------------------------------
 // The vocabulary: V is one SIMD register of W floats. Operations take outputs by reference so that
 // no vector type crosses a function boundary compiled without AVX (which would change the ABI);
-// the AVX2 entry points are `flatten`, so every vocabulary call is inlined into AVX2 code.
+// the AVX2 entry points are `flatten`, so every vocabulary call is inlined into AVX2 code. The
+// NEON entry points are `flatten` too, so the vocabulary is inlined whatever the inliner's limits.
 
 namespace {
 
@@ -461,6 +471,118 @@ struct Avx2Ops {
     return _mm_cvtss_f32(s);
   }
 };
+#endif
+
+#if MONGOOSE_HAVE_NEON
+// AArch64 has every operation as one instruction. 32-bit ARMv7 NEON lacks fused multiply-add
+// (unless __ARM_FEATURE_FMA, VFPv4), division, square root, rounding and across-lane reductions:
+// there fma is a multiply then an add (two roundings, like the scalar path), and div and sqrt run
+// on the four lanes with the scalar VFP instructions so that Adam rounds exactly like the scalar
+// path (a reciprocal estimate with Newton steps would be faster but off by an ulp or two).
+// ARMv7 NEON also flushes denormal inputs and results to zero (an exp below ~1.2e-38 comes out
+// as 0), which is within every kernel's tolerance.
+#if defined(__aarch64__) || defined(__ARM_FEATURE_FMA)
+#define MONGOOSE_NEON_FMA 1
+#else
+#define MONGOOSE_NEON_FMA 0
+#endif
+struct NeonOps {
+  using V = float32x4_t;
+  static constexpr size_t W = 4;
+  static void zero(V& r) { r = vdupq_n_f32(0.0f); }
+  static void set1(V& r, float x) { r = vdupq_n_f32(x); }
+  static void load(V& r, const float* p) { r = vld1q_f32(p); }
+  static void store(float* p, const V& v) { vst1q_f32(p, v); }
+#if MONGOOSE_NEON_FMA
+  static void fma(V& acc, const V& a, const V& b) { acc = vfmaq_f32(acc, a, b); }
+  static void fms(V& acc, const V& a, const V& b) { acc = vfmsq_f32(acc, a, b); }  // acc -= a b (exp)
+#else
+  static void fma(V& acc, const V& a, const V& b) { acc = vmlaq_f32(acc, a, b); }
+  static void fms(V& acc, const V& a, const V& b) { acc = vmlsq_f32(acc, a, b); }
+#endif
+  static void add(V& r, const V& a, const V& b) { r = vaddq_f32(a, b); }
+  static void sub(V& r, const V& a, const V& b) { r = vsubq_f32(a, b); }
+  static void mul(V& r, const V& a, const V& b) { r = vmulq_f32(a, b); }
+#if defined(__aarch64__)
+  static void div(V& r, const V& a, const V& b) { r = vdivq_f32(a, b); }
+  static void sqrt(V& r, const V& a) { r = vsqrtq_f32(a); }
+#else
+  // Lane by lane: the VFP registers s0..s31 are the lanes of q0..q7, so no memory round trip.
+  static void div(V& r, const V& a, const V& b) {
+    float32x4_t q = a;
+    q = vsetq_lane_f32(vgetq_lane_f32(a, 0) / vgetq_lane_f32(b, 0), q, 0);
+    q = vsetq_lane_f32(vgetq_lane_f32(a, 1) / vgetq_lane_f32(b, 1), q, 1);
+    q = vsetq_lane_f32(vgetq_lane_f32(a, 2) / vgetq_lane_f32(b, 2), q, 2);
+    q = vsetq_lane_f32(vgetq_lane_f32(a, 3) / vgetq_lane_f32(b, 3), q, 3);
+    r = q;
+  }
+  static void sqrt(V& r, const V& a) {
+    float32x4_t q = a;
+    q = vsetq_lane_f32(std::sqrt(vgetq_lane_f32(a, 0)), q, 0);
+    q = vsetq_lane_f32(std::sqrt(vgetq_lane_f32(a, 1)), q, 1);
+    q = vsetq_lane_f32(std::sqrt(vgetq_lane_f32(a, 2)), q, 2);
+    q = vsetq_lane_f32(std::sqrt(vgetq_lane_f32(a, 3)), q, 3);
+    r = q;
+  }
+#endif
+  // a > b ? a : b, exactly like the scalar and AVX2 max (vmaxq_f32 would give NaN where only a
+  // is NaN, and +0 for max(+0, -0)); the compiler turns max(x, 0) into a compare and an and.
+  static void max(V& r, const V& a, const V& b) { r = vbslq_f32(vcgtq_f32(a, b), a, b); }
+  static void keep_where_positive(V& r, const V& key, const V& x) {
+    r = vreinterpretq_f32_u32(vandq_u32(vcgtq_f32(key, vdupq_n_f32(0.0f)), vreinterpretq_u32_f32(x)));
+  }
+  // The AVX2 exp, step for step: exp(a) = 2^n e^r, n = round(a / ln 2), r = a - n ln2 with ln2
+  // in two parts, e^r by the degree-6 Taylor polynomial, 2^n built in the exponent bits.
+  static void exp(V& r, const V& a) {
+    float32x4_t x = vminq_f32(vmaxq_f32(a, vdupq_n_f32(-87.3f)), vdupq_n_f32(88.3f));
+    float32x4_t t = vmulq_f32(x, vdupq_n_f32(1.44269504088896341f));
+#if defined(__aarch64__)
+    float32x4_t n = vrndnq_f32(t);  // to nearest, ties to even, like _mm256_round_ps
+    int32x4_t ni = vcvtq_s32_f32(n);
+#else
+    // Round half away from zero by adding +-0.5 and truncating: differs from ties-to-even only
+    // at (or within an ulp of) halves, where |r| stays about ln2 / 2 either way.
+    uint32x4_t sign = vandq_u32(vreinterpretq_u32_f32(t), vdupq_n_u32(0x80000000u));
+    float32x4_t half = vreinterpretq_f32_u32(vorrq_u32(sign, vreinterpretq_u32_f32(vdupq_n_f32(0.5f))));
+    int32x4_t ni = vcvtq_s32_f32(vaddq_f32(t, half));
+    float32x4_t n = vcvtq_f32_s32(ni);
+#endif
+    float32x4_t rr = x;
+    fms(rr, n, vdupq_n_f32(0.693359375f));  // exact product: ln2_hi has few bits, |n| <= 127
+    fms(rr, n, vdupq_n_f32(-2.12194440e-4f));
+    float32x4_t p = vdupq_n_f32(1.0f / 720.0f);
+    p = horner_step(p, rr, 1.0f / 120.0f);
+    p = horner_step(p, rr, 1.0f / 24.0f);
+    p = horner_step(p, rr, 1.0f / 6.0f);
+    p = horner_step(p, rr, 0.5f);
+    p = horner_step(p, rr, 1.0f);
+    p = horner_step(p, rr, 1.0f);
+    int32x4_t e = vshlq_n_s32(vaddq_s32(ni, vdupq_n_s32(127)), 23);
+    r = vmulq_f32(p, vreinterpretq_f32_s32(e));
+  }
+  // c + p x (NEON is the base instruction set, so vectors may cross function boundaries freely).
+  static float32x4_t horner_step(float32x4_t p, float32x4_t x, float c) {
+    float32x4_t q = vdupq_n_f32(c);
+    fma(q, p, x);
+    return q;
+  }
+  static float hsum(const V& v) {
+#if defined(__aarch64__)
+    return vaddvq_f32(v);
+#else
+    float32x2_t s = vadd_f32(vget_low_f32(v), vget_high_f32(v));
+    return vget_lane_f32(vpadd_f32(s, s), 0);
+#endif
+  }
+  // Same comparison as max above, so a NaN lane behaves as in the scalar and AVX2 paths.
+  static float hmax(const V& v) {
+    float32x2_t lo = vget_low_f32(v), hi = vget_high_f32(v);
+    float32x2_t m = vbsl_f32(vcgt_f32(lo, hi), lo, hi);
+    float a = vget_lane_f32(m, 0), b = vget_lane_f32(m, 1);
+    return a > b ? a : b;
+  }
+};
+#undef MONGOOSE_NEON_FMA
 #endif
 
 // ---- The kernels, each written once over the vocabulary O. ----
@@ -800,6 +922,11 @@ MONGOOSE_KERNEL_ENTRY_POINTS(, ScalarOps, scalar)
 #if MONGOOSE_HAVE_AVX2
 MONGOOSE_KERNEL_ENTRY_POINTS(__attribute__((target("avx2,fma"), flatten)), Avx2Ops, avx2)
 #endif
+#if MONGOOSE_HAVE_NEON && (defined(__GNUC__) || defined(__clang__))
+MONGOOSE_KERNEL_ENTRY_POINTS(__attribute__((flatten)), NeonOps, neon)
+#elif MONGOOSE_HAVE_NEON
+MONGOOSE_KERNEL_ENTRY_POINTS(, NeonOps, neon)
+#endif
 #undef MONGOOSE_KERNEL_ENTRY_POINTS
 
 }  // namespace
@@ -813,12 +940,18 @@ bool cpu_has_avx2() {
 #endif
 }
 
+bool cpu_has_neon() { return MONGOOSE_HAVE_NEON != 0; }
+
+// A build has at most one vector table (x86: AVX2, ARM: NEON); asking for the other one, or for
+// one this CPU lacks, gives the scalar table.
 const Kernels& kernels(Simd want) {
 #if MONGOOSE_HAVE_AVX2
-  if (want != Simd::scalar && cpu_has_avx2()) return kernels_avx2;
-#else
-  (void)want;
+  if ((want == Simd::automatic || want == Simd::avx2) && cpu_has_avx2()) return kernels_avx2;
 #endif
+#if MONGOOSE_HAVE_NEON
+  if (want == Simd::automatic || want == Simd::neon) return kernels_neon;
+#endif
+  (void)want;
   return kernels_scalar;
 }
 
@@ -3973,7 +4106,7 @@ Status load_model(const std::string& path, Model* out, const LoadOptions& option
       c.triplet_margin = b.f32();
     }
     c.tail_drift = version >= 3 ? b.f32() : 0.0f;  // older models were trained without it
-    if (uint32_t(c.simd) > 2) return r.fail("CONF: unknown SIMD setting");
+    if (uint32_t(c.simd) > uint32_t(Simd::neon)) return r.fail("CONF: unknown SIMD setting");
     if (options.override_training) {
       const Config& o = *options.override_training;
       c.learning_rate = o.learning_rate; c.beta1 = o.beta1; c.beta2 = o.beta2; c.adam_eps = o.adam_eps;

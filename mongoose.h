@@ -3,7 +3,11 @@
 // Two files, mongoose.h + mongoose.cpp, C++17 standard library only. Compile with
 //   c++ -O2 -std=c++17 -pthread your_program.cpp mongoose.cpp
 // AVX2/FMA kernels are compiled with target attributes and chosen at run time, so no -m flags are
-// needed; a portable scalar path runs everywhere else.
+// needed; ARM builds with NEON (every AArch64 build; 32-bit with -mfpu=neon) use NEON kernels; a
+// portable scalar path runs everywhere else. Models trained on x86 and on ARM are bit-identical
+// only with Simd::scalar, the same libm and -ffp-contract=off on ARM (compilers there fuse
+// a * b + c by default); the AVX2 and NEON paths differ from scalar in the last bits (fused
+// multiply-adds, summation order).
 //
 // The network: sparse input x (D features) -> hidden h = ReLU(W1^T x + b1) (H units) -> output over
 // N labels. The output layer is either the full softmax, or a softmax over the few neurons an LSH
@@ -97,18 +101,23 @@ Status check_writable(const std::string& path);
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Dense math
 //-----------------------------------------------------------------------------------------------
-// Every kernel is written once over a small SIMD vocabulary and instantiated twice: AVX2+FMA
-// (compiled with target attributes) and portable scalar. Pointers need no alignment; lengths may
-// be 0. Matrices are row-major with an explicit leading dimension (floats between row starts).
+// Every kernel is written once over a small SIMD vocabulary and instantiated for AVX2+FMA (x86,
+// compiled with target attributes), NEON (ARM builds with NEON) and portable scalar. Pointers need
+// no alignment; lengths may be 0. Matrices are row-major with an explicit leading dimension
+// (floats between row starts). Define MONGOOSE_NO_AVX2 or MONGOOSE_NO_NEON to leave one out.
 
 enum class Simd {
-  automatic,  // AVX2+FMA when this CPU has them, else scalar
-  scalar,     // portable path, forced (tests, comparisons, non-x86 targets)
-  avx2,       // AVX2+FMA; falls back to scalar when the CPU lacks them
+  automatic,  // AVX2+FMA when this CPU has them, NEON on ARM builds with NEON, else scalar
+  scalar,     // portable path, forced (tests, comparisons, other targets)
+  avx2,       // AVX2+FMA; falls back to scalar when the CPU lacks them (and on non-x86 builds)
+  neon,       // NEON; only on ARM builds with NEON, else falls back to scalar
 };
 
 // True when the CPU supports AVX2 and FMA (checked once; false on non-x86 builds).
 bool cpu_has_avx2();
+// True when this build has the NEON kernels: decided at compile time (__ARM_NEON, i.e. every
+// AArch64 build and 32-bit ARM with -mfpu=neon; false elsewhere and with MONGOOSE_NO_NEON).
+bool cpu_has_neon();
 
 // Adam hyper-parameters for one optimizer step t >= 1, with bias corrections precomputed:
 // m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w -= lr * (m * c1) / (sqrt(v * c2) + eps),
@@ -121,8 +130,8 @@ struct AdamStep {
 
 // The kernel table for one instruction set. All functions are pure apart from their outputs.
 struct Kernels {
-  Simd level;        // Simd::scalar or Simd::avx2: what actually runs
-  const char* name;  // "scalar" or "avx2"
+  Simd level;        // Simd::scalar, Simd::avx2 or Simd::neon: what actually runs
+  const char* name;  // "scalar", "avx2" or "neon"
   // sum_i a[i] * b[i]
   float (*dot)(const float* a, const float* b, size_t n);
   // y[i] += alpha * x[i]

@@ -1,4 +1,5 @@
-// bench/kernels.cpp - AVX2 versus scalar throughput of every dense kernel, in one run.
+// bench/kernels.cpp - vector (AVX2 on x86, NEON on ARM) versus scalar throughput of every dense
+// kernel, in one run.
 //
 //   c++ -O2 -std=c++17 -pthread bench/kernels.cpp mongoose.cpp -o bench-kernels && ./bench-kernels
 //   ./bench-kernels 20      # milliseconds per table cell (default 75)
@@ -9,7 +10,8 @@
 // GB/s (minimum bytes read + written) for streaming ones. Every result feeds a checksum that is
 // printed, so no call can be dropped. The last line is machine-readable:
 //   result dot_speedup_l1=X axpy_speedup_l1=X gemm_nt_gflops=X
-// (speedups are AVX2/scalar at n = 128; gemm_nt_gflops is the best path at 128x128x136).
+// (speedups are vector/scalar at n = 128, the vector table being what Simd::automatic picks;
+// gemm_nt_gflops is the best path at 128x128x136).
 
 #include "../mongoose.h"
 
@@ -227,37 +229,38 @@ int main(int argc, char** argv) {
     }
   }
   const double cell_seconds = cell_ms / 1000.0;
-  const bool avx2 = mongoose::cpu_has_avx2();
   const Kernels& scalar = mongoose::kernels(Simd::scalar);
-  const Kernels& fast = mongoose::kernels(Simd::avx2);
-  if (!avx2) std::printf("AVX2/FMA not available on this CPU: timing the scalar path only\n");
+  const Kernels& fast = mongoose::kernels(Simd::automatic);  // the best table this CPU runs
+  const bool vector = fast.level != Simd::scalar;
+  const std::string ratio_label = std::string(fast.name) + "/scalar";
+  if (!vector) std::printf("no vector kernels (AVX2/FMA or NEON) on this CPU: timing the scalar path only\n");
   std::printf("mongoose %d.%d kernel benchmark, %.0f ms per cell (best of 3 slices)\n\n",
               MONGOOSE_VERSION_MAJOR, MONGOOSE_VERSION_MINOR, cell_ms);
   std::printf("%-14s %-14s %-8s %10s %10s %12s\n", "kernel", "size", "unit", "scalar",
-              avx2 ? "avx2" : "-", avx2 ? "avx2/scalar" : "");
+              vector ? fast.name : "-", vector ? ratio_label.c_str() : "");
 
   double dot_l1 = std::nan(""), axpy_l1 = std::nan(""), gemm_nt_gflops = std::nan("");
   for (const Case& c : make_cases()) {
-    double rate_scalar, rate_avx2 = std::nan("");
+    double rate_scalar, rate_fast = std::nan("");
     {
       std::function<void()> call = c.make(scalar);
       rate_scalar = c.work / seconds_per_call(call, cell_seconds) * 1e-9;
     }
-    if (avx2) {
+    if (vector) {
       std::function<void()> call = c.make(fast);
-      rate_avx2 = c.work / seconds_per_call(call, cell_seconds) * 1e-9;
+      rate_fast = c.work / seconds_per_call(call, cell_seconds) * 1e-9;
     }
-    const double ratio = rate_avx2 / rate_scalar;
-    if (avx2) {
+    const double ratio = rate_fast / rate_scalar;
+    if (vector) {
       std::printf("%-14s %-14s %-8s %10.2f %10.2f %11.2fx\n", c.kernel.c_str(), c.size.c_str(), c.unit,
-                  rate_scalar, rate_avx2, ratio);
+                  rate_scalar, rate_fast, ratio);
     } else {
       std::printf("%-14s %-14s %-8s %10.2f\n", c.kernel.c_str(), c.size.c_str(), c.unit, rate_scalar);
     }
     std::fflush(stdout);
     if (c.size == "n=128" && c.kernel == "dot") dot_l1 = ratio;
     if (c.size == "n=128" && c.kernel == "axpy") axpy_l1 = ratio;
-    if (c.size == "128x128x136" && c.kernel == "gemm_nt") gemm_nt_gflops = avx2 ? rate_avx2 : rate_scalar;
+    if (c.size == "128x128x136" && c.kernel == "gemm_nt") gemm_nt_gflops = vector ? rate_fast : rate_scalar;
   }
   std::printf("\nchecksum %.6g (ignore; keeps the work observable)\n", g_checksum);
   std::printf("result dot_speedup_l1=%.2f axpy_speedup_l1=%.2f gemm_nt_gflops=%.2f\n", dot_l1, axpy_l1,

@@ -12,7 +12,7 @@
 //   - per query: hash it, HashTables::query, score the candidates exactly with
 //     kernels().row_scores, pick the top 10; mean time, mean candidates, recall@10 against the
 //     exact top 10 by inner product;
-//   - brute force per query (kernels(Simd::avx2).row_scores over all N + top-10), same run.
+//   - brute force per query (kernels(Simd::automatic).row_scores over all N + top-10), same run.
 // The last line is machine-readable:
 //   result best_speedup_at_recall50=X build_seconds_L50=X bytes_per_item_L50=X
 // (speed-up: brute-force time / LSH query time at the fastest clustered setting whose recall@10
@@ -110,7 +110,7 @@ struct GroundTruth {
 };
 
 GroundTruth brute_force(const Data& d) {
-  const Kernels& kern = kernels(Simd::avx2);
+  const Kernels& kern = kernels(Simd::automatic);
   GroundTruth gt;
   gt.top.resize(d.queries);
   std::vector<float> scores(d.n);
@@ -208,7 +208,7 @@ Row run_setting(const Data& d, const GroundTruth& gt, uint32_t K, uint32_t L, ui
   row.mem_vs_ids = row.stored ? double(row.bytes) / double(row.stored * 4) : 0.0;
 
   // Queries: hash, look up, score the candidates exactly, keep the top 10.
-  const Kernels& kern = kernels(Simd::avx2);
+  const Kernels& kern = kernels(Simd::automatic);
   QueryResult result;
   std::vector<uint32_t> qcodes(L);
   std::vector<float> scores;
@@ -281,7 +281,7 @@ int main(int argc, char** argv) {
   const double start = now_seconds();
   std::printf("LSH index benchmark: N=%zu items, dim=%u, %zu queries, bucket capacity %u "
               "(reservoir), %u threads, kernels %s\n",
-              n, kDim, queries, kCapacity, threads, kernels(Simd::avx2).name);
+              n, kDim, queries, kCapacity, threads, kernels(Simd::automatic).name);
   std::printf("hash_s: Hasher::hash_batch over all items (rows split over the threads); "
               "insert_s: HashTables::build; build_s = both\n");
   std::printf("mem/ids: bytes_used() / (stored_ids() * 4); query_us: hash + query + exact scoring "

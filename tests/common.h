@@ -1,4 +1,5 @@
-// Shared helpers for the tests: where the real datasets live, and a skip message when absent.
+// Shared helpers for the tests: where the real datasets live, and a skip message when absent;
+// which vector kernel tables this build and CPU run.
 #pragma once
 #include <dirent.h>
 #include <doctest/doctest.h>
@@ -13,6 +14,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "../mongoose.h"
 
 #ifndef MONGOOSE_SOURCE_DIR
 #define MONGOOSE_SOURCE_DIR "."
@@ -86,3 +89,13 @@ inline void write_bytes(const std::string& path, const std::string& bytes) {
   REQUIRE(n == bytes.size());
 }
 
+
+// The non-scalar kernel levels that really run here (kernels(level).level == level): AVX2 on x86
+// CPUs with AVX2+FMA, NEON on ARM builds with NEON, none on a scalar-only build. Tests that
+// compare a vector path with the scalar one loop over these.
+inline std::vector<mongoose::Simd> vector_levels() {
+  std::vector<mongoose::Simd> out;
+  for (mongoose::Simd s : {mongoose::Simd::avx2, mongoose::Simd::neon})
+    if (mongoose::kernels(s).level == s) out.push_back(s);
+  return out;
+}

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../mongoose.h"
+#include "common.h"
 
 namespace {
 
@@ -553,23 +554,29 @@ TEST_CASE("SimHash determinism: same seed same codes, different seed different p
   CHECK_FALSE(all_same);
 }
 
-TEST_CASE("Scalar and AVX2 hashers give the same codes") {
-  Rng rng(12);
-  for (HashFamily family : {HashFamily::simhash, HashFamily::dwta}) {
-    HashConfig c = family == HashFamily::simhash ? simhash_config(70, 8, 30, 1.0f, 2)
-                                                 : dwta_config(70, 8, 30, 3, 2);
-    Hasher hs, hv;
-    REQUIRE(hs.init(c, mongoose::Simd::scalar).ok());
-    REQUIRE(hv.init(c, mongoose::Simd::avx2).ok());
-    std::vector<uint32_t> a(30), b(30);
-    for (int i = 0; i < 30; ++i) {
-      std::vector<float> v = gaussian_vector(rng, 70);
-      hs.hash(v.data(), a.data());
-      hv.hash(v.data(), b.data());
-      if (family == HashFamily::simhash)
-        check_same_simhash(hs, v.data(), a.data(), b.data());
-      else
-        CHECK(a == b);
+TEST_CASE("Scalar and vector (AVX2, NEON) hashers give the same codes") {
+  const std::vector<mongoose::Simd> levels = vector_levels();
+  if (levels.empty()) MESSAGE("no vector kernels in this build or CPU: nothing to compare");
+  for (mongoose::Simd level : levels) {
+    const std::string name = mongoose::kernels(level).name;
+    CAPTURE(name);
+    Rng rng(12);
+    for (HashFamily family : {HashFamily::simhash, HashFamily::dwta}) {
+      HashConfig c = family == HashFamily::simhash ? simhash_config(70, 8, 30, 1.0f, 2)
+                                                   : dwta_config(70, 8, 30, 3, 2);
+      Hasher hs, hv;
+      REQUIRE(hs.init(c, mongoose::Simd::scalar).ok());
+      REQUIRE(hv.init(c, level).ok());
+      std::vector<uint32_t> a(30), b(30);
+      for (int i = 0; i < 30; ++i) {
+        std::vector<float> v = gaussian_vector(rng, 70);
+        hs.hash(v.data(), a.data());
+        hv.hash(v.data(), b.data());
+        if (family == HashFamily::simhash)
+          check_same_simhash(hs, v.data(), a.data(), b.data());
+        else
+          CHECK(a == b);
+      }
     }
   }
 }

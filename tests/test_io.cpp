@@ -522,6 +522,28 @@ TEST_CASE("io: LoadOptions.override_training replaces the training settings only
   CHECK(calls > 0);
 }
 
+TEST_CASE("io: every Simd setting is saved and loaded as it was, neon included") {
+  // A file records the requested level, not the table that ran, so a model saved with Simd::neon
+  // on an ARM build also loads on x86 (where it runs the scalar table).
+  Dataset train, test;
+  synthetic(40, 20, 64, 16, 17, &train, &test);
+  TempDir dir;
+  for (Simd simd : {Simd::automatic, Simd::scalar, Simd::avx2, Simd::neon}) {
+    CAPTURE(int(simd));
+    Config c = full_config();
+    c.simd = simd;
+    Model model;
+    trained(c, train, 1, &model);
+    const std::string path = dir.file("simd.bin");
+    REQUIRE(save_model(model, path).ok());
+    Model loaded;
+    Status st = load_model(path, &loaded);
+    REQUIRE_MESSAGE(st.ok(), st.message());
+    CHECK(loaded.config().simd == simd);
+    check_same_predictions(model, loaded, test, InferMode::full, test.rows);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Damaged and crafted files
 // ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-// Tests for the dense kernels (every entry of mongoose::Kernels, scalar and AVX2 paths) and Rng.
+// Tests for the dense kernels (every entry of mongoose::Kernels: the scalar path and the vector
+// path this build and CPU run, AVX2 or NEON) and Rng.
 //
 // Every kernel is compared with a plain double-precision reference written here, for every length
 // n = 0..300 (gemm: a grid of shapes), on buffers offset by one float from the allocation (so the
-// AVX2 path sees unaligned pointers), with fixed-seed random inputs.
+// vector paths see unaligned pointers), with fixed-seed random inputs.
 //
 // Tolerance policy (relative 1e-5, in the form that is honest for float arithmetic):
 //  * Sums (dot, row_scores, sparse_matvec, gemm, and the element-wise kernels viewed as sums of a
@@ -46,14 +47,21 @@ constexpr size_t kMaxN = 300;
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kSentinel = 777.25f;
 
-// The kernel tables under test: scalar always, AVX2 when the CPU has it.
+// Every vector level, its table's name and whether this build and CPU have it.
+struct VectorLevel {
+  Simd level;
+  const char* name;
+  bool available;
+};
+std::vector<VectorLevel> all_vector_levels() {
+  return {{Simd::avx2, "avx2", mongoose::cpu_has_avx2()}, {Simd::neon, "neon", mongoose::cpu_has_neon()}};
+}
+
+// The kernel tables under test: scalar always, plus the vector table this build and CPU run.
 std::vector<const Kernels*> paths_under_test() {
   std::vector<const Kernels*> paths{&mongoose::kernels(Simd::scalar)};
-  if (mongoose::cpu_has_avx2()) {
-    paths.push_back(&mongoose::kernels(Simd::avx2));
-  } else {
-    MESSAGE("avx2 path skipped: this CPU lacks AVX2/FMA (scalar path tested only)");
-  }
+  for (Simd level : vector_levels()) paths.push_back(&mongoose::kernels(level));
+  if (paths.size() == 1) MESSAGE("no vector kernels in this build or CPU (scalar path tested only)");
   return paths;
 }
 
@@ -139,13 +147,31 @@ TEST_CASE("kernels: table selection") {
   const Kernels& a = mongoose::kernels(Simd::automatic);
   const Kernels& def = mongoose::kernels();
   CHECK(&a == &def);
-  CHECK((a.level == Simd::avx2) == mongoose::cpu_has_avx2());
-  const Kernels& x = mongoose::kernels(Simd::avx2);
-  CHECK((x.level == Simd::avx2) == mongoose::cpu_has_avx2());
-  CHECK(std::string(x.name) == (mongoose::cpu_has_avx2() ? "avx2" : "scalar"));
-  CHECK(std::string(a.name) == (mongoose::cpu_has_avx2() ? "avx2" : "scalar"));
   CHECK(mongoose::cpu_has_avx2() == mongoose::cpu_has_avx2());  // cached, stable
-  for (const Kernels* k : {&s, &a, &x}) {
+  CHECK(mongoose::cpu_has_neon() == mongoose::cpu_has_neon());
+  // A build has at most one vector level (x86: AVX2, ARM: NEON); automatic picks it when this CPU
+  // has it, each explicit level gives its own table or falls back to scalar.
+  std::vector<const Kernels*> tables{&s, &a};
+  const Kernels* expected_automatic = &s;
+  int available = 0;
+  for (const VectorLevel& v : all_vector_levels()) {
+    const std::string name = v.name;
+    CAPTURE(name);
+    const Kernels& x = mongoose::kernels(v.level);
+    tables.push_back(&x);
+    CHECK(x.level == (v.available ? v.level : Simd::scalar));
+    CHECK(std::string(x.name) == (v.available ? v.name : "scalar"));
+    if (v.available) {
+      expected_automatic = &x;
+      ++available;
+    } else {
+      MESSAGE(name << " path skipped: not in this build or CPU");
+    }
+  }
+  CHECK(available <= 1);
+  CHECK(&a == expected_automatic);
+  CHECK(vector_levels().size() == size_t(available));
+  for (const Kernels* k : tables) {
     CHECK(bool(k->dot));
     CHECK(bool(k->axpy));
     CHECK(bool(k->scale));
@@ -162,7 +188,6 @@ TEST_CASE("kernels: table selection") {
     CHECK(bool(k->gemm_tn_acc));
     CHECK(bool(k->rows_axpy));
   }
-  if (!mongoose::cpu_has_avx2()) MESSAGE("avx2 path skipped: this CPU lacks AVX2/FMA");
 }
 
 TEST_CASE("kernels: dot") {
@@ -663,32 +688,33 @@ TEST_CASE("kernels: gemm_nn_acc") { check_gemm_acc(false, 110); }
 
 TEST_CASE("kernels: gemm_tn_acc") { check_gemm_acc(true, 112); }
 
-TEST_CASE("kernels: scalar and avx2 agree on a training-sized problem") {
+TEST_CASE("kernels: scalar and vector (avx2, neon) agree on a training-sized problem") {
   // Not a reference test: a quick consistency check of the two paths on larger inputs than the
   // sweeps above (hidden 128, 4096 labels), where only accumulation order may differ.
-  if (!mongoose::cpu_has_avx2()) {
-    MESSAGE("avx2 path skipped: this CPU lacks AVX2/FMA");
-    return;
+  if (vector_levels().empty()) MESSAGE("no vector kernels in this build or CPU: nothing to compare");
+  for (Simd level : vector_levels()) {
+    const Kernels& s = mongoose::kernels(Simd::scalar);
+    const Kernels& a = mongoose::kernels(level);
+    const std::string name = a.name;
+    CAPTURE(name);
+    Rng rng(111);
+    const size_t n = 128, rows = 4096;
+    Buf W(rows * n, kNaN), x(n, kNaN);
+    fill_uniform(rng, W);
+    fill_uniform(rng, x);
+    Buf out_s(rows, kSentinel), out_a(rows, kSentinel);
+    s.row_scores(W.p(), n, nullptr, rows, x.p(), n, nullptr, out_s.p());
+    a.row_scores(W.p(), n, nullptr, rows, x.p(), n, nullptr, out_a.p());
+    double worst = 0;
+    for (size_t i = 0; i < rows; ++i) {
+      double terms = 0;
+      for (size_t c = 0; c < n; ++c) terms += std::fabs(double(W[i * n + c]) * x[c]);
+      worst = std::max(worst, std::fabs(double(out_s[i]) - out_a[i]) / terms);
+    }
+    CHECK(worst <= 2 * kRel);
+    const float ls = s.softmax(out_s.p(), rows), la = a.softmax(out_a.p(), rows);
+    CHECK(std::fabs(ls - la) <= kRel * std::max(1.0f, std::fabs(ls)));
   }
-  const Kernels& s = mongoose::kernels(Simd::scalar);
-  const Kernels& a = mongoose::kernels(Simd::avx2);
-  Rng rng(111);
-  const size_t n = 128, rows = 4096;
-  Buf W(rows * n, kNaN), x(n, kNaN);
-  fill_uniform(rng, W);
-  fill_uniform(rng, x);
-  Buf out_s(rows, kSentinel), out_a(rows, kSentinel);
-  s.row_scores(W.p(), n, nullptr, rows, x.p(), n, nullptr, out_s.p());
-  a.row_scores(W.p(), n, nullptr, rows, x.p(), n, nullptr, out_a.p());
-  double worst = 0;
-  for (size_t i = 0; i < rows; ++i) {
-    double terms = 0;
-    for (size_t c = 0; c < n; ++c) terms += std::fabs(double(W[i * n + c]) * x[c]);
-    worst = std::max(worst, std::fabs(double(out_s[i]) - out_a[i]) / terms);
-  }
-  CHECK(worst <= 2 * kRel);
-  const float ls = s.softmax(out_s.p(), rows), la = a.softmax(out_a.p(), rows);
-  CHECK(std::fabs(ls - la) <= kRel * std::max(1.0f, std::fabs(ls)));
 }
 
 //-----------------------------------------------------------------------------------------------
