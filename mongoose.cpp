@@ -1,14 +1,20 @@
 // mongoose.cpp - implementation of mongoose.h. Sections follow the header's order:
 // [SECTION] Status            (also the exception guard every entry point goes through)
-// [SECTION] Files             (platform calls: sizes, exclusive temporaries, atomic rename, fsync)
+// [SECTION] Files             (platform calls, atomic replacement, model files' section framing)
 // [SECTION] Dense math        (SIMD vocabulary, kernels written once, AVX2, NEON + scalar instances)
 // [SECTION] Random numbers
 // [SECTION] Threads           (internal: a small pool with static, deterministic partitioning)
 // [SECTION] Data
 // [SECTION] Hashing
 // [SECTION] Hash tables
-// [SECTION] Model
-// [SECTION] Model I/O
+// [SECTION] Configuration     (validate(Config))
+// [SECTION] Input layers      (SparseInput, DenseInput behind InputLayer; shared layer internals)
+// [SECTION] Hidden layers     (DenseStack)
+// [SECTION] Hash learning     (HashLearner; the MIPS items)
+// [SECTION] Table upkeep and scheduler (TableUpkeep)
+// [SECTION] Output layer      (OutputCore, the public OutputLayer)
+// [SECTION] Model             (the network and its training loop)
+// [SECTION] Model I/O         (format 4, and versions 1 to 3)
 
 // 64-bit file offsets on 32-bit POSIX targets (fstat of files over 2 GiB).
 #if !defined(_FILE_OFFSET_BITS)
@@ -388,6 +394,242 @@ Status check_writable(const std::string& path) {
     AtomicFile f;
     return f.open(path);  // the temporary is removed again when f goes out of scope
   });
+}
+
+// ---- The section framing of model files (see [SECTION] Model I/O for what they hold). ----
+
+namespace {
+
+struct Crc32cTable {
+  uint32_t t[256];
+  constexpr Crc32cTable() : t() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+      t[i] = c;
+    }
+  }
+};
+constexpr Crc32cTable kCrc32c{};
+
+bool host_is_little_endian() {
+  const uint32_t one = 1;
+  unsigned char b;
+  std::memcpy(&b, &one, 1);
+  return b == 1;
+}
+
+uint32_t byte_swap32(uint32_t x) {
+  return (x >> 24) | ((x >> 8) & 0xFF00u) | ((x << 8) & 0xFF0000u) | (x << 24);
+}
+
+// Little-endian encoding of scalars into a byte string (configuration sections).
+struct Bytes {
+  std::string b;
+  void u32(uint32_t v) { for (int i = 0; i < 4; ++i) b += char((v >> (8 * i)) & 0xFF); }
+  void u64(uint64_t v) { for (int i = 0; i < 8; ++i) b += char((v >> (8 * i)) & 0xFF); }
+  void f32(float f) { uint32_t v; std::memcpy(&v, &f, 4); u32(v); }
+};
+
+// Reads what Bytes wrote; the caller checks the size first (past the end reads zeros).
+struct BytesReader {
+  const unsigned char* p;
+  size_t n, pos = 0;
+  uint32_t u32() { uint32_t v = 0; for (int i = 0; i < 4 && pos + i < n; ++i) v |= uint32_t(p[pos + i]) << (8 * i); pos += 4; return v; }
+  uint64_t u64() { uint64_t v = 0; for (int i = 0; i < 8 && pos + i < n; ++i) v |= uint64_t(p[pos + i]) << (8 * i); pos += 8; return v; }
+  float f32() { uint32_t v = u32(); float f; std::memcpy(&f, &v, 4); return f; }
+};
+
+// Writes sections to a FILE, each with its CRC-32C, and counts them.
+class SectionWriter {
+ public:
+  explicit SectionWriter(std::FILE* f) : f_(f) {}
+  bool ok() const { return ok_; }
+  uint32_t sections() const { return sections_; }
+  void raw(const void* p, size_t n) {
+    if (n) ok_ = ok_ && std::fwrite(p, 1, n, f_) == n;
+  }
+  void begin(const char tag[4], uint64_t length) {
+    unsigned char head[12];
+    std::memcpy(head, tag, 4);
+    for (int i = 0; i < 8; ++i) head[4 + i] = (unsigned char)((length >> (8 * i)) & 0xFF);
+    crc_ = crc32c(head, sizeof head);
+    raw(head, sizeof head);
+    ++sections_;
+  }
+  void payload(const void* p, size_t n) {
+    if (n == 0) return;
+    crc_ = crc32c(p, n, crc_);
+    raw(p, n);
+  }
+  void floats(const float* v, size_t n) {
+    if (host_is_little_endian()) return payload(v, n * sizeof(float));
+    Bytes b;
+    for (size_t i = 0; i < n; ++i) b.f32(v[i]);
+    payload(b.b.data(), b.b.size());
+  }
+  void u32s(const uint32_t* v, size_t n) {
+    if (host_is_little_endian()) return payload(v, n * sizeof(uint32_t));
+    Bytes b;
+    for (size_t i = 0; i < n; ++i) b.u32(v[i]);
+    payload(b.b.data(), b.b.size());
+  }
+  void end() {
+    Bytes b;
+    b.u32(crc_);
+    raw(b.b.data(), 4);
+  }
+  // A whole section of float arrays, one after the other.
+  void float_section(const char tag[4], std::initializer_list<const std::vector<float>*> arrays) {
+    uint64_t n = 0;
+    for (const std::vector<float>* a : arrays) n += a->size();
+    begin(tag, n * 4);
+    for (const std::vector<float>* a : arrays) floats(a->data(), a->size());
+    end();
+  }
+
+ private:
+  std::FILE* f_;
+  bool ok_ = true;
+  uint32_t crc_ = 0;
+  uint32_t sections_ = 0;
+};
+
+// Reads and checks sections; every size is checked against what is left of the file and the
+// memory budget before anything is allocated for it. Errors name the file and the byte offset.
+class SectionReader {
+ public:
+  // `offset`: bytes of the file already read (the file header) when the reader takes over.
+  SectionReader(std::FILE* f, std::string name, uint64_t file_size, uint64_t budget, uint64_t offset = 0)
+      : f_(f), name_(std::move(name)), file_size_(file_size), offset_(offset), budget_(budget), limit_(budget) {}
+
+  // The tag of the next section without consuming it ("" when fewer than 4 bytes are left).
+  std::string peek_tag() {
+    unsigned char t[4];
+    if (file_size_ - offset_ < 4 || std::fread(t, 1, 4, f_) != 4) return std::string();
+    std::fseek(f_, -4, SEEK_CUR);
+    return std::string(reinterpret_cast<const char*>(t), 4);
+  }
+
+  uint64_t offset() const { return offset_; }
+  uint32_t sections_read() const { return sections_read_; }
+  const std::string& name() const { return name_; }
+  Status fail(const std::string& what) const {
+    return Status::error(strf("%s: byte %llu: ", name_.c_str(), (unsigned long long)offset_) + what);
+  }
+
+  Status read_exact(void* p, size_t n, const char* what) {
+    if (uint64_t(n) > file_size_ - offset_)
+      return fail(strf("file truncated in %s (needs %zu more bytes, %llu left)", what, n, (unsigned long long)(file_size_ - offset_)));
+    if (std::fread(p, 1, n, f_) != n) return fail(strf("read error in %s", what));
+    offset_ += n;
+    return Status();
+  }
+
+  // Reads the next section header; *length is checked against the file and the budget.
+  Status next(char tag[5], uint64_t* length) {
+    unsigned char head[12];
+    Status st = read_exact(head, sizeof head, "a section header");
+    if (!st.ok()) return st;
+    ++sections_read_;
+    std::memcpy(tag, head, 4);
+    tag[4] = '\0';
+    for (int i = 0; i < 4; ++i)
+      if (tag[i] < 32 || tag[i] > 126) return fail("section tag is not ASCII (corrupted file?)");
+    uint64_t len = 0;
+    for (int i = 0; i < 8; ++i) len |= uint64_t(head[4 + i]) << (8 * i);
+    if (len > file_size_ - offset_)
+      return fail(strf("section %s claims %llu bytes but only %llu remain (truncated or corrupted)", tag,
+                       (unsigned long long)len, (unsigned long long)(file_size_ - offset_)));
+    if (file_size_ - offset_ - len < 4)
+      return fail(strf("file truncated in section %s: its %llu bytes and 4-byte checksum need %llu, %llu remain", tag,
+                       (unsigned long long)len, (unsigned long long)(len + 4), (unsigned long long)(file_size_ - offset_)));
+    if (len > budget_)
+      return fail(strf("section %s needs %llu bytes, which with the sections before it exceeds the memory limit of %llu",
+                       tag, (unsigned long long)len, (unsigned long long)limit_));
+    budget_ -= len;
+    crc_ = crc32c(head, sizeof head);
+    *length = len;
+    std::memcpy(tag_, tag, 5);
+    return Status();
+  }
+
+  // The next section must be `want`, of want_len bytes (~0: any; its length then goes to *got).
+  Status expect(const char* want, uint64_t want_len, uint64_t* got = nullptr, const char* why = "for the shapes") {
+    char tag[5];
+    uint64_t len;
+    Status st = next(tag, &len);
+    if (!st.ok()) return st;
+    if (std::strcmp(tag, want) != 0) return fail(strf("expected section '%s', found '%s'", want, tag));
+    if (want_len != ~uint64_t(0) && len != want_len)
+      return fail(strf("section %s has %llu bytes, expected %llu %s", want, (unsigned long long)len,
+                       (unsigned long long)want_len, why));
+    if (got) *got = len;
+    return Status();
+  }
+
+  Status payload(void* p, size_t n) {
+    if (n == 0) return Status();
+    Status st = read_exact(p, n, tag_);
+    if (st.ok()) crc_ = crc32c(p, n, crc_);
+    return st;
+  }
+  // n floats into *v (resized), every one finite.
+  Status floats(std::vector<float>* v, size_t n) {
+    v->resize(n);
+    Status st = payload(v->data(), n * sizeof(float));
+    if (!st.ok()) return st;
+    if (!host_is_little_endian())
+      for (float& x : *v) { uint32_t u; std::memcpy(&u, &x, 4); u = byte_swap32(u); std::memcpy(&x, &u, 4); }
+    for (size_t i = 0; i < n; ++i)
+      if (!std::isfinite((*v)[i])) return fail(strf("section %s: value %zu is not finite", tag_, i));
+    return Status();
+  }
+  Status u32s(std::vector<uint32_t>* v, size_t n) {
+    v->resize(n);
+    Status st = payload(v->data(), n * sizeof(uint32_t));
+    if (!st.ok()) return st;
+    if (!host_is_little_endian())
+      for (uint32_t& x : *v) x = byte_swap32(x);
+    return Status();
+  }
+  Status check_crc() {
+    unsigned char b[4];
+    Status st = read_exact(b, 4, "a checksum");
+    if (!st.ok()) return st;
+    uint32_t stored = uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16 | uint32_t(b[3]) << 24;
+    if (stored != crc_)
+      return fail(strf("section %s: checksum mismatch (stored %08x, computed %08x): the file is corrupted", tag_, stored, crc_));
+    return Status();
+  }
+  // A whole section of float arrays of the given sizes (already sized by the caller's shapes).
+  Status float_section(const char* tag, std::initializer_list<std::vector<float>*> arrays) {
+    uint64_t n = 0;
+    for (std::vector<float>* a : arrays) n += a->size();
+    Status st = expect(tag, n * 4);
+    for (std::vector<float>* a : arrays) {
+      if (!st.ok()) return st;
+      st = floats(a, a->size());
+    }
+    if (st.ok()) st = check_crc();
+    return st;
+  }
+
+ private:
+  std::FILE* f_;
+  std::string name_;
+  uint64_t file_size_, offset_ = 0, budget_, limit_;
+  uint32_t crc_ = 0, sections_read_ = 0;
+  char tag_[5] = {0};
+};
+
+}  // namespace
+
+uint32_t crc32c(const void* data, size_t size, uint32_t crc) {
+  const unsigned char* p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < size; ++i) crc = kCrc32c.t[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
 }
 
 //-----------------------------------------------------------------------------------------------
@@ -1145,6 +1387,29 @@ uint32_t resolve_threads(uint32_t requested) {
   if (requested) return requested;
   unsigned hw = std::thread::hardware_concurrency();
   return hw ? hw : 1;
+}
+
+// What a layer's batch work runs on: the pool and the kernel table.
+struct Exec {
+  ThreadPool* pool = nullptr;
+  const Kernels* k = nullptr;
+  uint32_t threads() const { return pool->size(); }
+  // fn(begin, end, worker) over [0, n) in chunks of `chunk`, spread over the workers.
+  template <class F>
+  void chunks(size_t n, size_t chunk, F&& fn) const {
+    size_t tasks = (n + chunk - 1) / chunk;
+    pool->run(tasks, [&](size_t t, uint32_t w) { fn(t * chunk, std::min(n, (t + 1) * chunk), w); });
+  }
+};
+
+// out (n x rows, row stride `rows`) = Q R^T for n queries Q and `rows` rows R (both of ld
+// floats): every row's score, in parallel over blocks of 128 rows. The full softmax's forward,
+// exact retrieval and hash-learning mining all go through here.
+void score_all_rows(const Exec& x, const float* Q, size_t n, const float* R, size_t rows, size_t ld, float* out) {
+  x.pool->run((rows + 127) / 128, [&](size_t b, uint32_t) {
+    size_t j0 = b * 128, j1 = std::min(rows, j0 + 128);
+    x.k->gemm_nt(n, j1 - j0, ld, Q, ld, R + j0 * ld, ld, out + j0, rows);
+  });
 }
 
 }  // namespace
@@ -1990,57 +2255,6 @@ void Hasher::hash_rows(const float* vs, size_t n, size_t ld, uint32_t* codes, st
   }
 }
 
-namespace {
-// Triplet loss of one table for u = tanh(P_t^T q) and v+, v- (K values each): the hinge
-// max(0, margin - cos(u, v+) + cos(u, v-)). With `scale` != 0 it also writes scale times the
-// gradient with respect to the pre-tanh values into du, dvp, dvn.
-float triplet_hinge(const float* u, const float* vp, const float* vn, size_t K, float margin, float scale,
-                           float* du, float* dvp, float* dvn) {
-  float uu = 0, pp = 0, nn = 0, up = 0, un = 0;
-  for (size_t b = 0; b < K; ++b) {
-    uu += u[b] * u[b]; pp += vp[b] * vp[b]; nn += vn[b] * vn[b];
-    up += u[b] * vp[b]; un += u[b] * vn[b];
-  }
-  // A zero vector has no direction: its norm is floored so the cosine is 0, not NaN.
-  const float nu = std::sqrt(std::max(uu, 1e-12f)), np = std::sqrt(std::max(pp, 1e-12f)), nv = std::sqrt(std::max(nn, 1e-12f));
-  const float cp = up / (nu * np), cn = un / (nu * nv);
-  const float hinge = margin - cp + cn;
-  if (scale == 0.0f) return std::max(hinge, 0.0f);
-  for (size_t b = 0; b < K; ++b) {
-    float gu = 0, gp = 0, gn = 0;
-    if (hinge > 0) {
-      // d cos(a, c) / da = c / (|a||c|) - cos(a, c) a / |a|^2
-      gu = -(vp[b] / (nu * np) - cp * u[b] / (nu * nu)) + (vn[b] / (nu * nv) - cn * u[b] / (nu * nu));
-      gp = -(u[b] / (nu * np) - cp * vp[b] / (np * np));
-      gn = u[b] / (nu * nv) - cn * vn[b] / (nv * nv);
-    }
-    du[b] = scale * gu * (1.0f - u[b] * u[b]);
-    dvp[b] = scale * gp * (1.0f - vp[b] * vp[b]);
-    dvn[b] = scale * gn * (1.0f - vn[b] * vn[b]);
-  }
-  return std::max(hinge, 0.0f);
-}
-}  // namespace
-
-float triplet_hinge_loss(const float* a, const float* bp, const float* bn, size_t K, float margin, float* da,
-                         float* dbp, float* dbn) {
-  std::vector<float> t(3 * K), g(3 * K);
-  for (size_t b = 0; b < K; ++b) {
-    t[b] = std::tanh(a[b]);
-    t[K + b] = std::tanh(bp[b]);
-    t[2 * K + b] = std::tanh(bn[b]);
-  }
-  const bool grad = da && dbp && dbn;
-  float loss = triplet_hinge(t.data(), t.data() + K, t.data() + 2 * K, K, margin, grad ? 1.0f : 0.0f, g.data(),
-                             g.data() + K, g.data() + 2 * K);
-  if (grad) {
-    std::copy(g.begin(), g.begin() + ptrdiff_t(K), da);
-    std::copy(g.begin() + ptrdiff_t(K), g.begin() + ptrdiff_t(2 * K), dbp);
-    std::copy(g.begin() + ptrdiff_t(2 * K), g.end(), dbn);
-  }
-  return loss;
-}
-
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Hash tables
 //-----------------------------------------------------------------------------------------------
@@ -2310,75 +2524,146 @@ size_t HashTables::bytes_used() const {
 }
 
 //-----------------------------------------------------------------------------------------------
-// [SECTION] Model
+// [SECTION] Configuration
 //-----------------------------------------------------------------------------------------------
-// Layout: W1 is D x H (one row per input feature), b1 has H entries. Output neuron j is the row
-// W2[j] = [w_j (H), b_j, 0 padding] of ld = round_up(H + 1, 8) floats, so the bias takes part in
-// retrieval (the query is [h, 1, 0...]) and every row is a whole number of SIMD vectors.
-//
-// Lazy (row-sparse) Adam: a row's moments and weights change only in batches where the row has a
-// gradient; the bias corrections use the global step (batches trained). The full softmax gives
-// every output row a gradient every batch, so there it is ordinary Adam.
-//
-// Parallel updates never race: per-example gradients are recorded, grouped by row in example
-// order, and each row is summed and updated by exactly one worker. Results depend on the seed
-// and the thread count only.
 
-Status validate(const Config& c) {
-  if (c.hidden < 1 || c.hidden > 65536) return Status::error(strf("Config.hidden = %u out of range [1, 65536]", c.hidden));
+namespace {
+
+constexpr size_t kMaxHiddenLayers = 16;
+
+// The output layer's own fields, for inputs of `dim` floats (Model: the last hidden width).
+Status validate_output_fields(const Config& c, size_t dim) {
+  if (c.output != OutputMode::full && c.output != OutputMode::lsh) return Status::error("Config.output is not a known output mode");
+  // The LSH fields are checked in every mode: a model file carries them all, and a full model
+  // must not hold values that would misbehave if used.
+  HashConfig hc;
+  hc.family = c.hash;
+  hc.dim = uint32_t(std::min<size_t>(dim + 2, 0xFFFFFFFFu));
+  hc.K = c.K;
+  hc.L = c.L;
+  hc.density = c.hash_density;
+  Status st = validate(hc);
+  if (!st.ok()) return Status::error("Config: " + st.message().substr(st.message().find('.') + 1).insert(0, "hash "));
+  TableConfig tc;
+  tc.K = c.K;
+  tc.L = c.L;
+  tc.bucket_capacity = c.bucket_capacity;
+  tc.policy = c.bucket_policy;
+  st = validate(tc);
+  if (!st.ok()) return Status::error("Config." + st.message().substr(st.message().find('.') + 1));
+  if (!(c.rehash_decay >= 0.0f && c.rehash_decay <= 1.0f)) return Status::error(strf("Config.rehash_decay = %g out of range [0, 1]", double(c.rehash_decay)));
+  if (c.scheduler != Scheduler::fixed && c.scheduler != Scheduler::detect && c.scheduler != Scheduler::incremental)
+    return Status::error("Config.scheduler is not a known scheduler");
+  if (c.check_every < 1) return Status::error("Config.check_every = 0 out of range [1, 2^32)");
+  if (c.detector_bits < 1 || c.detector_bits > 24) return Status::error(strf("Config.detector_bits = %u out of range [1, 24]", c.detector_bits));
+  if (!(c.tau > 0.0f && c.tau <= 1.0f)) return Status::error(strf("Config.tau = %g out of range (0, 1]", double(c.tau)));
+  if (!(c.full_rebuild_fraction > 0.0f && c.full_rebuild_fraction <= 1.0f))
+    return Status::error(strf("Config.full_rebuild_fraction = %g out of range (0, 1]", double(c.full_rebuild_fraction)));
+  if (!(c.drift_epsilon >= 0.0f && std::isfinite(c.drift_epsilon))) return Status::error(strf("Config.drift_epsilon = %g must be finite and >= 0", double(c.drift_epsilon)));
+  if (c.exact_retrieval && c.max_active == 0) return Status::error("Config.exact_retrieval needs max_active > 0 (how many neurons to retrieve)");
+  if (c.learn_hash && c.hash != HashFamily::simhash) return Status::error("Config.learn_hash needs hash = simhash (DWTA has no projection to learn)");
+  if (c.learn_queries < 1) return Status::error("Config.learn_queries = 0 out of range [1, 2^32)");
+  if (uint32_t(c.hash_loss) > uint32_t(HashLoss::triplet)) return Status::error(strf("Config.hash_loss = %u is not a HashLoss", unsigned(c.hash_loss)));
+  if (!(c.tail_drift >= 0.0f && c.tail_drift <= 10.0f)) return Status::error(strf("Config.tail_drift = %g out of range [0, 10]", double(c.tail_drift)));
+  if (!(c.triplet_margin > 0.0f && c.triplet_margin <= 2.0f)) return Status::error(strf("Config.triplet_margin = %g out of range (0, 2]", double(c.triplet_margin)));
+  if (c.hash_steps < 1 || c.hash_steps > 10000) return Status::error(strf("Config.hash_steps = %u out of range [1, 10000]", c.hash_steps));
+  if (!(c.hash_lr > 0.0f && c.hash_lr <= 1.0f)) return Status::error(strf("Config.hash_lr = %g out of range (0, 1]", double(c.hash_lr)));
+  return Status();
+}
+
+// The optimizer and execution fields every component reads.
+Status validate_training_fields(const Config& c) {
   if (!(c.learning_rate > 0.0f && c.learning_rate <= 1.0f)) return Status::error(strf("Config.learning_rate = %g out of range (0, 1]", double(c.learning_rate)));
   if (!(c.beta1 >= 0.0f && c.beta1 < 1.0f)) return Status::error(strf("Config.beta1 = %g out of range [0, 1)", double(c.beta1)));
   if (!(c.beta2 >= 0.0f && c.beta2 < 1.0f)) return Status::error(strf("Config.beta2 = %g out of range [0, 1)", double(c.beta2)));
   if (!(c.adam_eps > 0.0f && c.adam_eps < 1.0f)) return Status::error(strf("Config.adam_eps = %g out of range (0, 1)", double(c.adam_eps)));
   if (c.batch_size < 1 || c.batch_size > 65536) return Status::error(strf("Config.batch_size = %u out of range [1, 65536]", c.batch_size));
   if (c.threads > 1024) return Status::error(strf("Config.threads = %u out of range [0, 1024]", c.threads));
-  if (c.output != OutputMode::full && c.output != OutputMode::lsh) return Status::error("Config.output is not a known output mode");
-  // The LSH fields are checked in every mode: a model file carries them all, and a full model
-  // must not hold values that would misbehave if used.
-  {
-    HashConfig hc;
-    hc.family = c.hash;
-    hc.dim = c.hidden + 2;
-    hc.K = c.K;
-    hc.L = c.L;
-    hc.density = c.hash_density;
-    Status st = validate(hc);
-    if (!st.ok()) return Status::error("Config: " + st.message().substr(st.message().find('.') + 1).insert(0, "hash "));
-    TableConfig tc;
-    tc.K = c.K;
-    tc.L = c.L;
-    tc.bucket_capacity = c.bucket_capacity;
-    tc.policy = c.bucket_policy;
-    st = validate(tc);
-    if (!st.ok()) return Status::error("Config." + st.message().substr(st.message().find('.') + 1));
-    if (!(c.rehash_decay >= 0.0f && c.rehash_decay <= 1.0f)) return Status::error(strf("Config.rehash_decay = %g out of range [0, 1]", double(c.rehash_decay)));
-    if (c.scheduler != Scheduler::fixed && c.scheduler != Scheduler::detect && c.scheduler != Scheduler::incremental)
-      return Status::error("Config.scheduler is not a known scheduler");
-    if (c.check_every < 1) return Status::error("Config.check_every = 0 out of range [1, 2^32)");
-    if (c.detector_bits < 1 || c.detector_bits > 24) return Status::error(strf("Config.detector_bits = %u out of range [1, 24]", c.detector_bits));
-    if (!(c.tau > 0.0f && c.tau <= 1.0f)) return Status::error(strf("Config.tau = %g out of range (0, 1]", double(c.tau)));
-    if (!(c.full_rebuild_fraction > 0.0f && c.full_rebuild_fraction <= 1.0f))
-      return Status::error(strf("Config.full_rebuild_fraction = %g out of range (0, 1]", double(c.full_rebuild_fraction)));
-    if (!(c.drift_epsilon >= 0.0f && std::isfinite(c.drift_epsilon))) return Status::error(strf("Config.drift_epsilon = %g must be finite and >= 0", double(c.drift_epsilon)));
-    if (c.exact_retrieval && c.max_active == 0) return Status::error("Config.exact_retrieval needs max_active > 0 (how many neurons to retrieve)");
-    if (c.learn_hash && c.hash != HashFamily::simhash) return Status::error("Config.learn_hash needs hash = simhash (DWTA has no projection to learn)");
-    if (c.learn_queries < 1) return Status::error("Config.learn_queries = 0 out of range [1, 2^32)");
-    if (uint32_t(c.hash_loss) > uint32_t(HashLoss::triplet)) return Status::error(strf("Config.hash_loss = %u is not a HashLoss", unsigned(c.hash_loss)));
-    if (!(c.tail_drift >= 0.0f && c.tail_drift <= 10.0f)) return Status::error(strf("Config.tail_drift = %g out of range [0, 10]", double(c.tail_drift)));
-    if (!(c.triplet_margin > 0.0f && c.triplet_margin <= 2.0f)) return Status::error(strf("Config.triplet_margin = %g out of range (0, 2]", double(c.triplet_margin)));
-    if (c.hash_steps < 1 || c.hash_steps > 10000) return Status::error(strf("Config.hash_steps = %u out of range [1, 10000]", c.hash_steps));
-    if (!(c.hash_lr > 0.0f && c.hash_lr <= 1.0f)) return Status::error(strf("Config.hash_lr = %g out of range (0, 1]", double(c.hash_lr)));
-  }
+  if (uint32_t(c.simd) > uint32_t(Simd::neon)) return Status::error(strf("Config.simd = %u is not a Simd", unsigned(c.simd)));
   return Status();
 }
+
+// The width the output layer sees: the last hidden layer's.
+size_t network_output_width(const Config& c) { return c.hidden_layers.empty() ? c.hidden : c.hidden_layers.back(); }
+
+}  // namespace
+
+Status validate(const Config& c) {
+  return guard("validate(Config)", [&] {
+    if (c.hidden < 1 || c.hidden > 65536) return Status::error(strf("Config.hidden = %u out of range [1, 65536]", c.hidden));
+    if (c.input != InputKind::sparse && c.input != InputKind::dense) return Status::error("Config.input is not a known InputKind");
+    if (c.hidden_layers.size() > kMaxHiddenLayers)
+      return Status::error(strf("Config.hidden_layers has %zu layers, at most %zu", c.hidden_layers.size(), kMaxHiddenLayers));
+    for (size_t l = 0; l < c.hidden_layers.size(); ++l)
+      if (c.hidden_layers[l] < 1 || c.hidden_layers[l] > 65536)
+        return Status::error(strf("Config.hidden_layers[%zu] = %u out of range [1, 65536]", l, c.hidden_layers[l]));
+    Status st = validate_training_fields(c);
+    if (!st.ok()) return st;
+    return validate_output_fields(c, network_output_width(c));
+  });
+}
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Input layers
+//-----------------------------------------------------------------------------------------------
+// Both kinds keep W (D x H, row f = feature f) and b (H) with their Adam moments and share one
+// interface; the network sees act = ReLU(W^T x + b). Parallel updates never race: the sparse
+// layer's per-example gradients are grouped by row in example order and each row is summed and
+// updated by one worker; the dense layer's rows are split between the workers.
 
 namespace {
 
 size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 
-// Largest input value or hidden activation training accepts: gradients stay below ~1e18, so their
-// squares (Adam's second moment) stay finite in float.
-constexpr float kMaxMagnitude = 1e18f;
+// Largest hidden activation training accepts: gradients stay below ~1e18, so their squares
+// (Adam's second moment) stay finite in float.
+constexpr float kMaxMagnitude = max_feature_value;
+
+// A parameter array and its two Adam moments.
+struct Param {
+  std::vector<float> w, m, v;
+  void assign(size_t n) {
+    w.assign(n, 0.0f);
+    m.assign(n, 0.0f);
+    v.assign(n, 0.0f);
+  }
+  size_t size() const { return w.size(); }
+  uint64_t bytes() const { return 3 * uint64_t(w.size()) * sizeof(float); }
+  void adam(const Kernels& k, size_t offset, const float* g, size_t n, const AdamStep& st) {
+    k.adam(&w[offset], g, &m[offset], &v[offset], n, st);
+  }
+};
+
+// One array of a component's state as model files hold it, with the name errors use.
+struct StateArray {
+  const char* name;
+  std::vector<float>* values;
+  bool moment;  // an Adam moment: saved only with SaveOptions::optimizer_state
+};
+
+// Keeps the k best (score, label) pairs seen, best first; ties keep the smaller label.
+// k may exceed the number of offers (max_active up to 2^32 - 1 means "all"): the reserve is
+// capped so a large k costs nothing until items arrive.
+struct TopK {
+  size_t k;
+  std::vector<Scored> items;
+  explicit TopK(size_t k_) : k(k_) { items.reserve(std::min<size_t>(k_, 4096) + 1); }
+  void offer(uint32_t label, float score) {
+    if (items.size() == k && !(score > items.back().score)) return;
+    size_t i = items.size() < k ? items.size() : k - 1;
+    if (items.size() < k) items.push_back({label, score});
+    while (i > 0 && items[i - 1].score < score) {
+      items[i] = items[i - 1];
+      --i;
+    }
+    items[i] = {label, score};
+  }
+};
+
+// U(-bound, bound) for every weight, in order (as PyTorch's Linear initialises).
+void fill_uniform(std::vector<float>& w, float bound, Rng& rng) {
+  for (float& x : w) x = (2.0f * rng.uniform() - 1.0f) * bound;
+}
 
 // Gradients of many rows, each a weighted sum of per-example vectors, grouped by row in example
 // order: row keys[i] gets sum over entries [offsets[i], offsets[i+1]) of weight * vector(example).
@@ -2421,663 +2706,377 @@ struct GroupedGradient {
   }
 };
 
-// Keeps the k best (score, label) pairs seen, best first; ties keep the smaller label.
-// k may exceed the number of offers (max_active up to 2^32 - 1 means "all"): the reserve is
-// capped so a large k costs nothing until items arrive.
-struct TopK {
-  size_t k;
-  std::vector<Scored> items;
-  explicit TopK(size_t k_) : k(k_) { items.reserve(std::min<size_t>(k_, 4096) + 1); }
-  void offer(uint32_t label, float score) {
-    if (items.size() == k && !(score > items.back().score)) return;
-    size_t i = items.size() < k ? items.size() : k - 1;
-    if (items.size() < k) items.push_back({label, score});
-    while (i > 0 && items[i - 1].score < score) {
-      items[i] = items[i - 1];
-      --i;
+// Sums and applies one GroupedGradient: row key of P (row length len, stride row_ld) gets
+// sum weight * vecs[example * vec_ld ..] then one Adam step. grads: one scratch per worker.
+void apply_grouped(const Exec& x, const GroupedGradient& g, const float* vecs, size_t vec_ld, Param& P, size_t row_ld,
+                   size_t len, const AdamStep& st, std::vector<std::vector<float>>& grads) {
+  x.chunks(g.keys.size(), 64, [&](size_t i0, size_t i1, uint32_t w) {
+    std::vector<float>& grad = grads[w];
+    if (grad.size() < len) grad.resize(len);
+    for (size_t i = i0; i < i1; ++i) {
+      std::fill(grad.begin(), grad.begin() + ptrdiff_t(len), 0.0f);
+      for (uint32_t p = g.offsets[i]; p < g.offsets[i + 1]; ++p)
+        x.k->axpy(g.weights[p], vecs + size_t(g.examples[p]) * vec_ld, grad.data(), len);
+      P.adam(*x.k, size_t(g.keys[i]) * row_ld, grad.data(), len, st);
     }
-    items[i] = {label, score};
+  });
+}
+
+// One Adam step on a bias from the sum of the rows of g (B x n).
+void update_bias(const Kernels& k, Param& b, const float* g, size_t B, size_t n, const AdamStep& st,
+                 std::vector<float>& scratch) {
+  scratch.assign(n, 0.0f);
+  for (size_t e = 0; e < B; ++e) k.add(g + e * n, scratch.data(), n);
+  b.adam(k, 0, scratch.data(), n, st);
+}
+
+class InputLayer {
+ public:
+  virtual ~InputLayer() = default;
+  virtual InputKind kind() const = 0;
+
+  // W (D x H) then b (H), drawn from rng: U(-1/sqrt(D), 1/sqrt(D)).
+  void init(size_t D, size_t H, Rng& rng, uint32_t threads) {
+    D_ = D;
+    H_ = H;
+    W_.assign(D * H);
+    b_.assign(H);
+    const float bound = 1.0f / std::sqrt(float(D));
+    fill_uniform(W_.w, bound, rng);
+    fill_uniform(b_.w, bound, rng);
+    grads_.assign(threads, {});
   }
+  size_t inputs() const { return D_; }
+  size_t width() const { return H_; }
+
+  // act (B x H) = ReLU(W^T x + b) for the rows of a training batch.
+  virtual void forward(const Dataset::Row* rows, size_t B, float* act, const Exec& x) = 0;
+  // dact (B x H) holds dL/d(act): masked by the ReLU in place, then one Adam step on W and b.
+  virtual void backward_update(const Dataset::Row* rows, size_t B, const float* act, float* dact, const AdamStep& st,
+                               const Exec& x) = 0;
+  // act (n x H) for n rows, on the caller's thread and scratch (inference may run concurrently).
+  virtual void infer(const Dataset::Row* rows, size_t n, float* act, std::vector<float>* scratch,
+                     const Kernels& k) const = 0;
+
+  std::vector<StateArray> state() {
+    return {{"W1", &W_.w, false}, {"b1", &b_.w, false}, {"W1 Adam m", &W_.m, true}, {"W1 Adam v", &W_.v, true},
+            {"b1 Adam m", &b_.m, true}, {"b1 Adam v", &b_.v, true}};
+  }
+  const float* weights() const { return W_.w.data(); }
+  const float* bias() const { return b_.w.data(); }
+  uint64_t bytes() const { return W_.bytes() + b_.bytes(); }
+
+ protected:
+  size_t D_ = 0, H_ = 0;
+  Param W_, b_;
+  std::vector<std::vector<float>> grads_;  // per worker
 };
 
-// Adds to hits_at[0..3) how many of the first 1, 3 and 5 predictions are true labels.
-void accumulate_precision(const std::vector<Scored>& top, const Dataset::Row& row, double* hits_at) {
-  size_t found = 0;
-  for (size_t i = 0; i < 5; ++i) {
-    if (i < top.size() && std::find(row.labels, row.labels + row.num_labels, top[i].label) != row.labels + row.num_labels)
-      ++found;
-    if (i == 0) hits_at[0] += double(found);
-    if (i == 2) hits_at[1] += double(found);
-    if (i == 4) hits_at[2] += double(found);
+// The embedding bag: act = ReLU(b + sum_k value_k W[id_k]); lazy Adam on the rows present.
+class SparseInput final : public InputLayer {
+ public:
+  InputKind kind() const override { return InputKind::sparse; }
+
+  void forward(const Dataset::Row* rows, size_t B, float* act, const Exec& x) override {
+    x.chunks(B, 16, [&](size_t e0, size_t e1, uint32_t) {
+      for (size_t e = e0; e < e1; ++e) one(rows[e], act + e * H_, *x.k);
+    });
   }
+
+  void backward_update(const Dataset::Row* rows, size_t B, const float* act, float* dact, const AdamStep& st,
+                       const Exec& x) override {
+    x.chunks(B, 32, [&](size_t e0, size_t e1, uint32_t) {
+      for (size_t e = e0; e < e1; ++e) x.k->relu_backward(act + e * H_, dact + e * H_, H_);
+    });
+    grouped_.collect(D_, B, [&](size_t e, auto&& add) {
+      for (size_t i = 0; i < rows[e].nnz; ++i) add(rows[e].ids[i], rows[e].values[i]);
+    });
+    apply_grouped(x, grouped_, dact, H_, W_, H_, H_, st, grads_);
+    update_bias(*x.k, b_, dact, B, H_, st, grads_[0]);
+  }
+
+  void infer(const Dataset::Row* rows, size_t n, float* act, std::vector<float>*, const Kernels& k) const override {
+    for (size_t i = 0; i < n; ++i) one(rows[i], act + i * H_, k);
+  }
+
+ private:
+  void one(const Dataset::Row& row, float* h, const Kernels& k) const {
+    std::memcpy(h, b_.w.data(), H_ * sizeof(float));
+    k.sparse_matvec(row.ids, row.values, row.nnz, W_.w.data(), H_, H_, h);
+    k.relu(h, H_);
+  }
+  GroupedGradient grouped_;
+};
+
+// The dense layer: the batch as a dense B x D matrix X (absent features 0), act = ReLU(X W + b)
+// by GEMM, and a dense Adam step on every row of W.
+class DenseInput final : public InputLayer {
+ public:
+  InputKind kind() const override { return InputKind::dense; }
+
+  void forward(const Dataset::Row* rows, size_t B, float* act, const Exec& x) override {
+    scatter(rows, B, &X_);
+    x.chunks(B, 16, [&](size_t e0, size_t e1, uint32_t) { affine_relu(X_.data() + e0 * D_, e1 - e0, act + e0 * H_, *x.k); });
+  }
+
+  void backward_update(const Dataset::Row*, size_t B, const float* act, float* dact, const AdamStep& st,
+                       const Exec& x) override {
+    x.chunks(B, 32, [&](size_t e0, size_t e1, uint32_t) {
+      for (size_t e = e0; e < e1; ++e) x.k->relu_backward(act + e * H_, dact + e * H_, H_);
+    });
+    // G = X^T dact, 64 rows of W at a time, each block updated while its gradient is in cache.
+    const size_t block = 64;
+    x.chunks(D_, block, [&](size_t d0, size_t d1, uint32_t w) {
+      std::vector<float>& g = grads_[w];
+      g.assign((d1 - d0) * H_, 0.0f);
+      x.k->gemm_tn_acc(d1 - d0, H_, B, X_.data() + d0, D_, dact, H_, g.data(), H_);
+      for (size_t d = d0; d < d1; ++d) W_.adam(*x.k, d * H_, g.data() + (d - d0) * H_, H_, st);
+    });
+    update_bias(*x.k, b_, dact, B, H_, st, grads_[0]);
+  }
+
+  void infer(const Dataset::Row* rows, size_t n, float* act, std::vector<float>* scratch, const Kernels& k) const override {
+    scatter(rows, n, scratch);
+    affine_relu(scratch->data(), n, act, k);
+  }
+
+ private:
+  void scatter(const Dataset::Row* rows, size_t n, std::vector<float>* X) const {
+    X->assign(n * D_, 0.0f);
+    for (size_t e = 0; e < n; ++e)
+      for (size_t i = 0; i < rows[e].nnz; ++i) (*X)[e * D_ + rows[e].ids[i]] = rows[e].values[i];
+  }
+  void affine_relu(const float* X, size_t n, float* act, const Kernels& k) const {
+    for (size_t e = 0; e < n; ++e) std::memcpy(act + e * H_, b_.w.data(), H_ * sizeof(float));
+    k.gemm_nn_acc(n, H_, D_, X, D_, W_.w.data(), H_, act, H_);
+    for (size_t e = 0; e < n; ++e) k.relu(act + e * H_, H_);
+  }
+  std::vector<float> X_;  // the batch, dense
+};
+
+std::unique_ptr<InputLayer> make_input_layer(InputKind kind) {
+  if (kind == InputKind::dense) return std::make_unique<DenseInput>();
+  return std::make_unique<SparseInput>();
 }
 
 }  // namespace
 
-struct Model::Impl {
-  Config cfg;
-  size_t D = 0, N = 0;
-  size_t H = 0, ld = 0;
-  const Kernels* k = nullptr;
-  std::unique_ptr<ThreadPool> pool;
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Hidden layers
+//-----------------------------------------------------------------------------------------------
+// y = ReLU(x W + b) per layer, W inputs x outputs. Backward computes dL/dx with W before its
+// update, then one dense Adam step on W (rows split between the workers) and b.
 
-  std::vector<float> W1, b1, W1_m, W1_v, b1_m, b1_v;  // input layer and its Adam moments
-  std::vector<float> W2, W2_m, W2_v;                  // output layer rows [w; b; pad]
-  uint64_t step = 0;
-  uint64_t epoch = 0;
-  TrainStats stats;
+namespace {
 
-  // LSH index (output == lsh).
-  Hasher hasher;
-  HashTables tables;
-  std::vector<uint32_t> item_codes;  // N x L: codes under which each neuron was inserted
-  // Scheduler state.
-  Hasher detector;                      // small SimHash over [w_j, b_j]
-  std::vector<uint32_t> detector_codes; // N: detector code at each neuron's last insertion
-  std::vector<uint32_t> detector_new;   // N: scratch for a check
-  std::vector<float> inserted_rows;     // N x (H+1): weights at insertion (keeps_inserted_rows())
-  float mips_norm2 = 0;                 // M^2 of the MIPS reduction at the last full build
-  uint64_t next_check = 0, next_learn = 0;
-  size_t last_batch_size = 0;           // queries[0..last_batch_size) hold the last batch's queries
-
-  std::vector<uint32_t> shared_ids;     // the batch's shared active set S
-  std::vector<uint32_t> shared_pos;     // per neuron: 1 + position in S, or 0
-  std::vector<float> drift_step;        // tail drift: what each shared row gains this batch (ld)
-  std::vector<float> shared_rows;       // S x ld: gathered rows of S
-  std::vector<float> shared_logits;     // B x |S|: logits, then dL/dz
-  std::vector<float> shared_logq;       // |S|: log of each shared neuron's inclusion probability
-  std::vector<uint32_t> label_count;    // N: training examples seen with each label
-  uint64_t examples_counted = 0;
-  std::vector<uint32_t> shortlist;      // the infer_shortlist most frequent labels (InferMode::lsh)
-
-  void refresh_shortlist() {
-    shortlist.clear();
-    if (label_count.size() < N || cfg.infer_shortlist == 0) return;
-    std::vector<uint32_t> order(N);
-    std::iota(order.begin(), order.end(), 0u);
-    size_t m = std::min<size_t>(cfg.infer_shortlist, N);
-    std::partial_sort(order.begin(), order.begin() + ptrdiff_t(m), order.end(), [&](uint32_t a, uint32_t b) {
-      return label_count[a] != label_count[b] ? label_count[a] > label_count[b] : a < b;
-    });
-    for (size_t i = 0; i < m && label_count[order[i]] > 0; ++i) shortlist.push_back(order[i]);
+class DenseStack {
+ public:
+  // Layers of the given widths after an input of `in` floats, weights drawn from rng in order.
+  void init(size_t in, const std::vector<uint32_t>& widths, Rng& rng, uint32_t threads) {
+    layers_.clear();
+    for (uint32_t width : widths) {
+      Layer l;
+      l.in = in;
+      l.out = width;
+      l.W.assign(l.in * l.out);
+      l.b.assign(l.out);
+      const float bound = 1.0f / std::sqrt(float(l.in));
+      fill_uniform(l.W.w, bound, rng);
+      fill_uniform(l.b.w, bound, rng);
+      layers_.push_back(std::move(l));
+      in = width;
+    }
+    grads_.assign(threads, {});
   }
-  uint64_t next_rehash = 0, next_new_hash = 0, hash_generation = 0;
+  bool empty() const { return layers_.empty(); }
+  size_t size() const { return layers_.size(); }
 
-  // Const calls that use the pool and the per-worker scratch (evaluate, retrieval_recall) take this
-  // lock, so they may be called from several threads at once; training needs exclusive access.
-  mutable std::mutex const_calls;
+  // Each layer's activations for the batch; returns the last (B x its width), or in if none.
+  const float* forward(const float* in, size_t B, const Exec& x) {
+    const float* a = in;
+    for (Layer& l : layers_) {
+      l.act.resize(B * l.out);
+      x.chunks(B, 16, [&](size_t e0, size_t e1, uint32_t) { affine_relu(l, a + e0 * l.in, e1 - e0, l.act.data() + e0 * l.out, *x.k); });
+      a = l.act.data();
+    }
+    return a;
+  }
 
-  // Per-worker scratch.
-  struct Worker {
-    QueryResult qr;
-    std::vector<float> hash_scratch, grad, dq, block_g, eval_scores, eval_queries, items;
+  // dout (B x last width) holds dL/d(the last activations) and is used as scratch; din (B x the
+  // input's width) receives dL/d(in). One Adam step on every layer.
+  void backward_update(const float* in, size_t B, float* dout, float* din, const AdamStep& st, const Exec& x) {
+    float* d = dout;
+    for (size_t li = layers_.size(); li-- > 0;) {
+      Layer& l = layers_[li];
+      const float* X = li == 0 ? in : layers_[li - 1].act.data();
+      x.chunks(B, 32, [&](size_t e0, size_t e1, uint32_t) {
+        for (size_t e = e0; e < e1; ++e) x.k->relu_backward(l.act.data() + e * l.out, d + e * l.out, l.out);
+      });
+      // dX = d W^T, before W changes.
+      std::vector<float>& next = li % 2 ? delta_a_ : delta_b_;
+      float* dX = li == 0 ? din : (next.resize(B * l.in), next.data());
+      x.chunks(B, 16, [&](size_t e0, size_t e1, uint32_t) {
+        x.k->gemm_nt(e1 - e0, l.in, l.out, d + e0 * l.out, l.out, l.W.w.data(), l.out, dX + e0 * l.in, l.in);
+      });
+      // G = X^T d, 64 rows of W at a time.
+      x.chunks(l.in, 64, [&](size_t r0, size_t r1, uint32_t w) {
+        std::vector<float>& g = grads_[w];
+        g.assign((r1 - r0) * l.out, 0.0f);
+        x.k->gemm_tn_acc(r1 - r0, l.out, B, X + r0, l.in, d, l.out, g.data(), l.out);
+        for (size_t r = r0; r < r1; ++r) l.W.adam(*x.k, r * l.out, g.data() + (r - r0) * l.out, l.out, st);
+      });
+      update_bias(*x.k, l.b, d, B, l.out, st, grads_[0]);
+      d = dX;
+    }
+  }
+
+  // out (n x last width) for n inputs, on the caller's scratch (layers alternate between its
+  // two halves; the last writes out). Needs at least one layer.
+  void infer(const float* in, size_t n, float* out, std::vector<float>* scratch, const Kernels& k) const {
+    size_t widest = 0;
+    for (const Layer& l : layers_) widest = std::max(widest, l.out);
+    scratch->resize(2 * n * widest);
+    const float* a = in;
+    for (size_t li = 0; li < layers_.size(); ++li) {
+      float* y = li + 1 == layers_.size() ? out : scratch->data() + (li % 2) * n * widest;
+      affine_relu(layers_[li], a, n, y, k);
+      a = y;
+    }
+  }
+  size_t out_width(size_t in) const { return layers_.empty() ? in : layers_.back().out; }
+
+  std::vector<StateArray> state() {
+    std::vector<StateArray> out;
+    for (Layer& l : layers_) {
+      out.push_back({"hidden W", &l.W.w, false});
+      out.push_back({"hidden b", &l.b.w, false});
+      out.push_back({"hidden W Adam m", &l.W.m, true});
+      out.push_back({"hidden W Adam v", &l.W.v, true});
+      out.push_back({"hidden b Adam m", &l.b.m, true});
+      out.push_back({"hidden b Adam v", &l.b.v, true});
+    }
+    return out;
+  }
+  Model::Weights::Dense view(size_t li) const {
+    const Layer& l = layers_[li];
+    return {l.W.w.data(), l.b.w.data(), l.in, l.out};
+  }
+  uint64_t bytes() const {
+    uint64_t n = 0;
+    for (const Layer& l : layers_) n += l.W.bytes() + l.b.bytes();
+    return n;
+  }
+
+ private:
+  struct Layer {
+    size_t in = 0, out = 0;
+    Param W, b;
+    std::vector<float> act;  // the batch's activations, B x out
   };
-  std::vector<Worker> workers;
+  static void affine_relu(const Layer& l, const float* X, size_t n, float* y, const Kernels& k) {
+    for (size_t e = 0; e < n; ++e) std::memcpy(y + e * l.out, l.b.w.data(), l.out * sizeof(float));
+    k.gemm_nn_acc(n, l.out, l.in, X, l.in, l.W.w.data(), l.out, y, l.out);
+    for (size_t e = 0; e < n; ++e) k.relu(y + e * l.out, l.out);
+  }
+  std::vector<Layer> layers_;
+  std::vector<float> delta_a_, delta_b_;      // dL/d(activations) between layers
+  std::vector<std::vector<float>> grads_;     // per worker
+};
 
-  // Per-batch scratch.
-  std::vector<float> act;          // B x H hidden activations (after ReLU)
-  std::vector<float> queries;      // B x ld: [h, 1, 0...]
-  std::vector<float> dact;         // B x H gradient w.r.t. the hidden activations
-  std::vector<float> logits;       // full: B x N
-  std::vector<uint32_t> codes;     // lsh: B x L
-  std::vector<float> losses;       // B
-  std::vector<uint8_t> has_labels; // B
-  std::vector<std::vector<uint32_t>> active;  // lsh: active neurons of each example
-  std::vector<std::vector<float>> dlogits;    // lsh: dL/dz for them
-  GroupedGradient grouped_in, grouped_out;
+}  // namespace
 
-  uint32_t threads() const { return pool->size(); }
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Hash learning
+//-----------------------------------------------------------------------------------------------
 
-  // Where the current batch is, so that a failure (out of memory) can say what it left behind.
-  bool update_started = false;  // some weights of this batch were written
-  bool labels_counted = false;  // this batch's labels were added to label_count
+namespace {
 
-  // train_batch with a promise for failures: an exception before any weight was written undoes
-  // the step counter and the label counts (the model is as it was); after, the error says so.
-  Status train_batch_safely(const Dataset& data, const uint32_t* rows, size_t B, float* loss_out) {
-    update_started = labels_counted = false;
-    const uint64_t step_before = step, counted_before = examples_counted;
-    try {
-      return train_batch(data, rows, B, loss_out);
-    } catch (...) {
-      Status why = guard("Model: training", [] () -> Status { throw; });
-      if (update_started)
-        return Status::error(why.message() + " (the batch was interrupted while updating the weights: it may be partly applied)");
-      step = step_before;
-      if (labels_counted) {
-        for (size_t e = 0; e < B; ++e) {
-          Dataset::Row row = data.row(rows[e]);
-          for (size_t i = 0; i < row.num_labels; ++i) --label_count[row.labels[i]];
-        }
-        examples_counted = counted_before;
-      }
-      return Status::error(why.message() + " (the model is unchanged)");
+// The output layer's neuron rows as the index and the learner see them: `count` rows of `ld`
+// floats, [w_j (H), b_j, zeros].
+struct NeuronRows {
+  const float* W = nullptr;
+  size_t count = 0, ld = 0, H = 0;
+  const float* row(size_t j) const { return W + j * ld; }
+};
+
+// The MIPS items of neurons ids[0..n) (or i0..i0+n when ids is null) into out (n x (H+2)):
+// [w_j, b_j, sqrt(M^2 - |[w_j, b_j]|^2)] with max_norm2 = M^2, so every item has norm M and the
+// angle to a query [h, 1, 0] orders items by inner product (Neyshabur & Srebro's reduction).
+void mips_items(const NeuronRows& rows, const uint32_t* ids, size_t i0, size_t n, float max_norm2, const Kernels& k,
+                std::vector<float>& out) {
+  const size_t dim = rows.H + 2;
+  out.resize(n * dim);
+  for (size_t i = 0; i < n; ++i) {
+    float* o = &out[i * dim];
+    const float* w = rows.row(ids ? ids[i] : i0 + i);
+    std::memcpy(o, w, (rows.H + 1) * sizeof(float));
+    float n2 = k.dot(w, w, rows.H + 1);
+    o[rows.H + 1] = std::sqrt(std::max(0.0f, max_norm2 - n2));
+  }
+}
+
+// tanh through one expf: 1 - 2 / (e^{2x} + 1), absolute error ~1e-7, saturating cleanly.
+float tanh_fast(float x) {
+  float a = std::fabs(x);
+  float t = a > 9.0f ? 1.0f : 1.0f - 2.0f / (std::exp(2.0f * a) + 1.0f);
+  return std::copysign(t, x);
+}
+
+// Triplet loss of one table for u = tanh(P_t^T q) and v+, v- (K values each): the hinge
+// max(0, margin - cos(u, v+) + cos(u, v-)). With `scale` != 0 it also writes scale times the
+// gradient with respect to the pre-tanh values into du, dvp, dvn.
+float triplet_hinge(const float* u, const float* vp, const float* vn, size_t K, float margin, float scale,
+                    float* du, float* dvp, float* dvn) {
+  float uu = 0, pp = 0, nn = 0, up = 0, un = 0;
+  for (size_t b = 0; b < K; ++b) {
+    uu += u[b] * u[b]; pp += vp[b] * vp[b]; nn += vn[b] * vn[b];
+    up += u[b] * vp[b]; un += u[b] * vn[b];
+  }
+  // A zero vector has no direction: its norm is floored so the cosine is 0, not NaN.
+  const float nu = std::sqrt(std::max(uu, 1e-12f)), np = std::sqrt(std::max(pp, 1e-12f)), nv = std::sqrt(std::max(nn, 1e-12f));
+  const float cp = up / (nu * np), cn = un / (nu * nv);
+  const float hinge = margin - cp + cn;
+  if (scale == 0.0f) return std::max(hinge, 0.0f);
+  for (size_t b = 0; b < K; ++b) {
+    float gu = 0, gp = 0, gn = 0;
+    if (hinge > 0) {
+      // d cos(a, c) / da = c / (|a||c|) - cos(a, c) a / |a|^2
+      gu = -(vp[b] / (nu * np) - cp * u[b] / (nu * nu)) + (vn[b] / (nu * nv) - cn * u[b] / (nu * nu));
+      gp = -(u[b] / (nu * np) - cp * vp[b] / (np * np));
+      gn = u[b] / (nu * nv) - cn * vn[b] / (nv * nv);
     }
+    du[b] = scale * gu * (1.0f - u[b] * u[b]);
+    dvp[b] = scale * gp * (1.0f - vp[b] * vp[b]);
+    dvn[b] = scale * gn * (1.0f - vn[b] * vn[b]);
+  }
+  return std::max(hinge, 0.0f);
+}
+
+// Mines a round's pairs and trains a copy of the projection on them. Holds no state between
+// rounds but its settings and scratch.
+class HashLearner {
+ public:
+  void init(const Config& cfg, size_t H, size_t ld, uint32_t threads) {
+    cfg_ = cfg;
+    cfg_.on_progress = nullptr;
+    H_ = H;
+    ld_ = ld;
+    qr_.assign(threads, QueryResult());
+    hash_scratch_.assign(threads, {});
   }
 
-  AdamStep adam_step() const { return AdamStep::at(cfg.learning_rate, cfg.beta1, cfg.beta2, cfg.adam_eps, step); }
-
-  void ensure_batch(size_t B) {
-    if (act.size() < B * H) {
-      act.resize(B * H);
-      dact.resize(B * H);
-      queries.resize(B * ld);
-      losses.resize(B);
-      has_labels.resize(B);
-      active.resize(B);
-      dlogits.resize(B);
-      if (cfg.output == OutputMode::lsh) codes.resize(B * cfg.L);
-    }
-  }
-
-  // Hidden layer for rows[0..n) into act/queries, in parallel.
-  void hidden_forward(const Dataset& data, const uint32_t* rows, size_t n) const {
-    auto& self = const_cast<Impl&>(*this);
-    self.run_chunks(n, 16, [&](size_t e0, size_t e1, uint32_t) {
-      for (size_t e = e0; e < e1; ++e) hidden_one(data.row(rows[e]), &self.act[e * H], &self.queries[e * ld]);
-    });
-  }
-
-  void hidden_one(const Dataset::Row& row, float* h, float* q) const {
-    std::memcpy(h, b1.data(), H * sizeof(float));
-    k->sparse_matvec(row.ids, row.values, row.nnz, W1.data(), H, H, h);
-    k->relu(h, H);
-    std::memcpy(q, h, H * sizeof(float));
-    q[H] = 1.0f;
-    for (size_t i = H + 1; i < ld; ++i) q[i] = 0.0f;
-  }
-
-  // Runs fn(begin, end, worker) over [0, n) in chunks of `chunk`, distributed over the workers.
-  template <class F>
-  void run_chunks(size_t n, size_t chunk, F&& fn) const {
-    size_t tasks = (n + chunk - 1) / chunk;
-    pool->run(tasks, [&](size_t t, uint32_t w) { fn(t * chunk, std::min(n, (t + 1) * chunk), w); });
-  }
-
-  // Sums and applies one GroupedGradient: row key of W (row length len, stride row_ld) gets
-  // sum weight * vecs[example * vec_ld ..] then one Adam step.
-  void apply_grouped(const GroupedGradient& g, const float* vecs, size_t vec_ld, float* W, float* M,
-                     float* V, size_t row_ld, size_t len, const AdamStep& st) {
-    run_chunks(g.keys.size(), 64, [&](size_t i0, size_t i1, uint32_t w) {
-      std::vector<float>& grad = workers[w].grad;
-      if (grad.size() < len) grad.resize(len);
-      for (size_t i = i0; i < i1; ++i) {
-        std::fill(grad.begin(), grad.begin() + ptrdiff_t(len), 0.0f);
-        for (uint32_t p = g.offsets[i]; p < g.offsets[i + 1]; ++p)
-          k->axpy(g.weights[p], vecs + size_t(g.examples[p]) * vec_ld, grad.data(), len);
-        size_t r = size_t(g.keys[i]) * row_ld;
-        k->adam(W + r, grad.data(), M + r, V + r, len, st);
-      }
-    });
-  }
-
-  // Loss and dL/dz for one example from its logits z[0..n); z becomes dL/dz times `scale`.
-  // Label l's logit is z[l], or z[position[l] - 1] when a position map is given (the labels are
-  // always among the scored neurons). Multi-label target: 1/|y| on each label.
-  float softmax_loss(float* z, size_t n, const Dataset::Row& row, float scale,
-                     const std::vector<uint32_t>* position) const {
-    const float t = 1.0f / float(row.num_labels);
-    auto at = [&](uint32_t label) -> size_t { return position ? size_t((*position)[label]) - 1 : label; };
-    double label_logit_sum = 0;
-    for (size_t i = 0; i < row.num_labels; ++i) label_logit_sum += z[at(row.labels[i])];
-    float lse = k->softmax(z, n);
-    float loss = float(double(lse) - label_logit_sum * t);
-    for (size_t i = 0; i < row.num_labels; ++i) z[at(row.labels[i])] -= t;
-    k->scale(scale, z, n);
-    return loss;
-  }
-
-  // out (n x N) = Q W2^T for n queries Q (rows of ld): every neuron's logit, in parallel over
-  // blocks of output rows.
-  void score_all_neurons(const float* Q, size_t n, float* out) const {
-    pool->run((N + 127) / 128, [&](size_t b, uint32_t) {
-      size_t j0 = b * 128, j1 = std::min(N, j0 + 128);
-      k->gemm_nt(n, j1 - j0, ld, Q, ld, W2.data() + j0 * ld, ld, out + j0, N);
-    });
-  }
-
-  // ---- Full softmax: blocked GEMMs; each block of output rows is updated while in cache. ----
-  void full_forward_backward(const Dataset& data, const uint32_t* rows, size_t B, size_t labelled,
-                             const AdamStep& st) {
-    if (logits.size() < B * N) logits.resize(B * N);
-    const size_t nb = 128;
-    const size_t blocks = (N + nb - 1) / nb;
-    double t0 = now_seconds();
-    score_all_neurons(queries.data(), B, logits.data());
-    const float scale = 1.0f / float(labelled);
-    run_chunks(B, 4, [&](size_t e0, size_t e1, uint32_t) {
-      for (size_t e = e0; e < e1; ++e) {
-        Dataset::Row row = data.row(rows[e]);
-        float* z = logits.data() + e * N;
-        if (!has_labels[e]) {
-          std::fill(z, z + N, 0.0f);
-          losses[e] = 0;
-          continue;
-        }
-        losses[e] = softmax_loss(z, N, row, scale, nullptr);
-      }
-    });
-    stats.forward_backward_seconds += now_seconds() - t0;
-    if (!losses_finite(B)) return;
-    t0 = now_seconds();
-    for (Worker& w : workers) w.dq.assign(B * ld, 0.0f);
-    update_started = true;
-    pool->run(blocks, [&](size_t b, uint32_t wi) {
-      Worker& w = workers[wi];
-      size_t j0 = b * nb, j1 = std::min(N, j0 + nb), m = j1 - j0;
-      // dQ += dZ[:, block] W2[block] (before the block's rows are updated).
-      k->gemm_nn_acc(B, ld, m, logits.data() + j0, N, W2.data() + j0 * ld, ld, w.dq.data(), ld);
-      // gW[block] = dZ[:, block]^T Q.
-      w.block_g.assign(m * ld, 0.0f);
-      k->gemm_tn_acc(m, ld, B, logits.data() + j0, N, queries.data(), ld, w.block_g.data(), ld);
-      for (size_t j = 0; j < m; ++j) {
-        size_t r = (j0 + j) * ld;
-        k->adam(W2.data() + r, w.block_g.data() + j * ld, W2_m.data() + r, W2_v.data() + r, ld, st);
-      }
-    });
-    // dact = sum of the workers' partial dQ, in worker order (deterministic).
-    for (size_t e = 0; e < B; ++e) {
-      float* d = dact.data() + e * H;
-      std::memcpy(d, workers[0].dq.data() + e * ld, H * sizeof(float));
-      for (size_t w = 1; w < workers.size(); ++w) k->add(workers[w].dq.data() + e * ld, d, H);
-    }
-    stats.update_seconds += now_seconds() - t0;
-  }
-
-  bool losses_finite(size_t B) const {
-    for (size_t e = 0; e < B; ++e)
-      if (!std::isfinite(losses[e])) return false;
-    return true;
-  }
-
-  // ---- LSH-sampled output layer. ----
-  // Each example's active set is the batch's shared set S (every label of the batch, plus random
-  // neurons up to min_active) and its own retrieved set R_e (table hits, capped by max_active,
-  // outside S). S is scored and updated with dense GEMMs on a gathered copy of its rows; R_e by
-  // gathered dot products. S and the R_e are disjoint, so every row has one update path.
-
-  // Builds S: the batch's distinct labels, then random neurons until |S| >= min(min_active, N).
-  void build_shared_set(const Dataset& data, const uint32_t* rows, size_t B) {
-    if (shared_pos.size() < N) shared_pos.assign(N, 0);
-    for (uint32_t j : shared_ids) shared_pos[j] = 0;
-    shared_ids.clear();
-    auto add = [&](uint32_t j) {
-      if (shared_pos[j]) return;
-      shared_ids.push_back(j);
-      shared_pos[j] = uint32_t(shared_ids.size());
-    };
-    // The batch's labels join S and are counted: label frequencies so far (this batch included)
-    // feed the sampling correction and the inference shortlist.
-    if (label_count.size() < N) label_count.assign(N, 0);
-    labels_counted = true;
-    for (size_t e = 0; e < B; ++e) {
-      Dataset::Row row = data.row(rows[e]);
-      for (size_t i = 0; i < row.num_labels; ++i) {
-        add(row.labels[i]);
-        ++label_count[row.labels[i]];
-      }
-    }
-    examples_counted += B;
-    size_t want = std::min<size_t>(cfg.min_active, N);
-    size_t from_labels = shared_ids.size();
-    if (want == N) {
-      for (uint32_t j = 0; j < N; ++j) add(j);
-    } else {
-      Rng rng(mix_seed(cfg.seed, 0x9AD5u, step));
-      while (shared_ids.size() < want) add(rng.below(uint32_t(N)));
-    }
-    if (!cfg.sampling_correction) return;
-    // Inclusion probability of each shared neuron in a batch: via some example's label or via the
-    // random padding.
-    const double pad = double(shared_ids.size() - from_labels) / double(N - from_labels > 0 ? N - from_labels : 1);
-    shared_logq.resize(shared_ids.size());
-    for (size_t i = 0; i < shared_ids.size(); ++i) {
-      double f = double(label_count[shared_ids[i]]) / double(examples_counted);
-      double via_label = 1.0 - std::pow(1.0 - std::min(f, 1.0), double(B));
-      double q = 1.0 - (1.0 - via_label) * (1.0 - pad);
-      shared_logq[i] = float(std::log(std::max(q, 1e-12)));
-    }
-  }
-
-  // min_active >= N: every neuron is in the shared set, the tables are never needed.
-  bool all_active() const { return cfg.min_active >= N; }
-
-  void lsh_forward_backward(const Dataset& data, const uint32_t* rows, size_t B, size_t labelled) {
-    double t0 = now_seconds();
-    build_shared_set(data, rows, B);
-    const size_t S = shared_ids.size();
-    if (!all_active()) run_chunks(B, 16, [&](size_t e0, size_t e1, uint32_t w) {
-      must(hasher.hash_batch(queries.data() + e0 * ld, e1 - e0, ld, codes.data() + e0 * cfg.L, &workers[w].hash_scratch));
-    });
-    double t1 = now_seconds();
-    stats.hash_seconds += t1 - t0;
-    // Shared logits: Z_S = Q W_S^T on a gathered copy of S's rows.
-    if (shared_rows.size() < S * ld) shared_rows.resize(S * ld);
-    if (shared_logits.size() < B * S) shared_logits.resize(B * S);
-    run_chunks(S, 256, [&](size_t i0, size_t i1, uint32_t) {
-      for (size_t i = i0; i < i1; ++i)
-        std::memcpy(&shared_rows[i * ld], &W2[size_t(shared_ids[i]) * ld], ld * sizeof(float));
-    });
-    const size_t nb = 96;
-    pool->run((S + nb - 1) / nb, [&](size_t b, uint32_t) {
-      size_t j0 = b * nb, j1 = std::min(S, j0 + nb);
-      k->gemm_nt(B, j1 - j0, ld, queries.data(), ld, shared_rows.data() + j0 * ld, ld, shared_logits.data() + j0, S);
-    });
-    if (cfg.exact_retrieval && !all_active()) {
-      // Every neuron's score, to retrieve the best ones by brute force (counted as query time).
-      double q0 = now_seconds();
-      if (logits.size() < B * N) logits.resize(B * N);
-      score_all_neurons(queries.data(), B, logits.data());
-      stats.query_seconds += now_seconds() - q0;
-      t1 += now_seconds() - q0;  // not forward/backward time
-    }
-    const float scale = 1.0f / float(labelled);
-    std::vector<double> query_time(workers.size(), 0.0), active_total(workers.size(), 0.0);
-    run_chunks(B, 2, [&](size_t e0, size_t e1, uint32_t wi) {
-      Worker& w = workers[wi];
-      for (size_t e = e0; e < e1; ++e) {
-        double q0 = now_seconds();
-        std::vector<uint32_t>& retrieved = active[e];
-        std::vector<float>& dz = dlogits[e];
-        retrieved.clear();
-        dz.clear();
-        float* dq = dact.data() + e * H;
-        std::fill(dq, dq + H, 0.0f);
-        float* zs = shared_logits.data() + e * S;
-        if (!has_labels[e]) {
-          std::fill(zs, zs + S, 0.0f);
-          losses[e] = 0;
-          continue;
-        }
-        if (all_active()) {
-          // S already holds every neuron: nothing is left to retrieve.
-        } else if (cfg.exact_retrieval) {
-          TopK top(cfg.max_active);
-          const float* all = logits.data() + e * N;
-          for (uint32_t j = 0; j < N; ++j)
-            if (!shared_pos[j]) top.offer(j, all[j]);
-          for (const Scored& t : top.items) retrieved.push_back(t.label);
-        } else {
-          must(tables.query(codes.data() + e * cfg.L, &w.qr));
-          if (cfg.max_active && w.qr.ids.size() > cfg.max_active) must(HashTables::keep_top_hits(&w.qr, cfg.max_active));
-          for (uint32_t j : w.qr.ids)
-            if (!shared_pos[j]) retrieved.push_back(j);
-        }
-        w.qr.clear();
-        double q1 = now_seconds();
-        query_time[wi] += q1 - q0;
-        const size_t n = S + retrieved.size();
-        active_total[wi] += double(n);
-        // One softmax over [Z_S[e], z_R].
-        std::vector<float>& z = w.grad;
-        if (z.size() < n) z.resize(n);
-        std::memcpy(z.data(), zs, S * sizeof(float));
-        // Sampled-softmax correction: z_j - log Q_j (a constant shift per neuron: dL/dz is unchanged).
-        if (cfg.sampling_correction) {
-          k->axpy(-1.0f, shared_logq.data(), z.data(), S);
-          // The example's own labels are in S with certainty: they keep their logits. (Correcting
-          // them too under-trains rare labels: measured -1.2 points of P@1 on citeulike-t.)
-          Dataset::Row own = data.row(rows[e]);
-          for (size_t i = 0; i < own.num_labels; ++i) {
-            size_t p = size_t(shared_pos[own.labels[i]]) - 1;
-            z[p] = zs[p];
-          }
-        }
-        k->row_scores(W2.data(), ld, retrieved.data(), retrieved.size(), queries.data() + e * ld, ld, nullptr, z.data() + S);
-        losses[e] = softmax_loss(z.data(), n, data.row(rows[e]), scale, &shared_pos);
-        std::memcpy(zs, z.data(), S * sizeof(float));
-        dz.assign(z.begin() + ptrdiff_t(S), z.begin() + ptrdiff_t(n));
-        k->rows_axpy(W2.data(), ld, retrieved.data(), retrieved.size(), dz.data(), H, dq);
-      }
-    });
-    // dQ += dZ_S W_S (rows of S before their update).
-    run_chunks(B, 16, [&](size_t e0, size_t e1, uint32_t) {
-      k->gemm_nn_acc(e1 - e0, H, S, shared_logits.data() + e0 * S, S, shared_rows.data(), ld, dact.data() + e0 * H, H);
-    });
-    double t2 = now_seconds();
-    double qt = 0;
-    for (size_t w = 0; w < workers.size(); ++w) {
-      qt += query_time[w] / double(workers.size());
-      stats.active_sum += active_total[w];
-    }
-    stats.query_seconds += qt;
-    stats.forward_backward_seconds += (t2 - t1) - qt;
-  }
-
-  void lsh_update(size_t B, const AdamStep& st) {
-    double t0 = now_seconds();
-    const size_t S = shared_ids.size();
-    // Tail drift (Config::tail_drift): the shared rows move up along the batch's active hidden
-    // units and the bias, which up to a per-query constant in every logit is every other row
-    // drifting down the way the full softmax's Adam moves rows with small positive gradients.
-    const bool drift = cfg.tail_drift > 0.0f && !all_active();
-    if (drift) {
-      drift_step.assign(ld, 0.0f);
-      const float a = cfg.tail_drift * st.lr;
-      for (size_t i = 0; i < H; ++i)
-        for (size_t e = 0; e < B; ++e)
-          if (queries[e * ld + i] > 0.0f) {
-            drift_step[i] = a;
-            break;
-          }
-      drift_step[H] = a;
-    }
-    // Shared rows: G_S = dZ_S^T Q, then Adam, a block of rows at a time.
-    const size_t nb = 64;
-    pool->run((S + nb - 1) / nb, [&](size_t b, uint32_t wi) {
-      Worker& w = workers[wi];
-      size_t j0 = b * nb, m = std::min(S, j0 + nb) - j0;
-      w.block_g.assign(m * ld, 0.0f);
-      k->gemm_tn_acc(m, ld, B, shared_logits.data() + j0, S, queries.data(), ld, w.block_g.data(), ld);
-      for (size_t j = 0; j < m; ++j) {
-        size_t r = size_t(shared_ids[j0 + j]) * ld;
-        k->adam(W2.data() + r, w.block_g.data() + j * ld, W2_m.data() + r, W2_v.data() + r, ld, st);
-        if (drift) k->add(drift_step.data(), W2.data() + r, H + 1);
-      }
-    });
-    // Retrieved rows: grouped by row over the examples that retrieved them.
-    grouped_out.collect(N, B, [&](size_t e, auto&& add) {
-      const auto& ids = active[e];
-      const auto& dz = dlogits[e];
-      for (size_t i = 0; i < ids.size(); ++i) add(ids[i], dz[i]);
-    });
-    apply_grouped(grouped_out, queries.data(), ld, W2.data(), W2_m.data(), W2_v.data(), ld, ld, st);
-    stats.update_seconds += now_seconds() - t0;
-  }
-
-  // Re-hashes every output neuron from its current weights and rebuilds the tables.
-  // Items are hashed as [w_j, b_j, sqrt(M^2 - |[w_j, b_j]|^2)] with M the largest row norm, and
-  // queries as [h, 1, 0] (Neyshabur & Srebro's MIPS-to-cosine reduction): every item has norm M,
-  // so the angle to a query, which SimHash measures, orders items by inner product.
-  // Writes the items ids[0..n) (or i0..i0+n when ids is null) to out, n x (H+2).
-  void mips_items(const uint32_t* ids, size_t i0, size_t n, float max_norm2, std::vector<float>& out) const {
-    const size_t dim = H + 2;
-    out.resize(n * dim);
-    for (size_t i = 0; i < n; ++i) {
-      float* o = &out[i * dim];
-      const float* w = &W2[size_t(ids ? ids[i] : i0 + i) * ld];
-      std::memcpy(o, w, (H + 1) * sizeof(float));
-      float n2 = k->dot(w, w, H + 1);
-      o[H + 1] = std::sqrt(std::max(0.0f, max_norm2 - n2));
-    }
-  }
-
-  float max_row_norm2() const {
-    std::vector<float> per_task((N + 4095) / 4096, 0.0f);
-    run_chunks(N, 4096, [&](size_t i0, size_t i1, uint32_t) {
-      float m = 0;
-      for (size_t i = i0; i < i1; ++i) m = std::max(m, k->dot(&W2[i * ld], &W2[i * ld], H + 1));
-      per_task[i0 / 4096] = m;
-    });
-    return *std::max_element(per_task.begin(), per_task.end());
-  }
-
-  // Table codes of items ids[0..n) (or the range i0..i0+n) into codes (n x L).
-  void item_codes_of(const uint32_t* ids, size_t i0, size_t n, uint32_t* codes_out, Worker& w) const {
-    mips_items(ids, i0, n, mips_norm2, w.items);
-    must(hasher.hash_batch(w.items.data(), n, H + 2, codes_out, &w.hash_scratch));
-  }
-
-  // Re-hashes every output neuron from its current weights and rebuilds the tables.
-  void rebuild_tables() {
-    double t0 = now_seconds();
-    item_codes.resize(N * cfg.L);
-    mips_norm2 = max_row_norm2();
-    run_chunks(N, 1024, [&](size_t i0, size_t i1, uint32_t w) {
-      item_codes_of(nullptr, i0, i1 - i0, item_codes.data() + i0 * cfg.L, workers[w]);
-    });
-    must(tables.build(item_codes.data(), N, threads()));
-    if (cfg.scheduler != Scheduler::fixed) {
-      detector_codes.resize(N);
-      detector_codes_of_all(detector_codes);
-      if (keeps_inserted_rows()) remember_inserted_rows();
-    }
-    stats.rehash_seconds += now_seconds() - t0;
-    ++stats.rehashes;
-  }
-
-  // Only the incremental scheduler's drift test needs a copy of the weights as inserted.
-  bool keeps_inserted_rows() const { return cfg.scheduler == Scheduler::incremental && cfg.drift_epsilon > 0; }
-  void remember_inserted_rows() {
-    inserted_rows.resize(N * (H + 1));
-    for (size_t j = 0; j < N; ++j) std::memcpy(&inserted_rows[j * (H + 1)], &W2[j * ld], (H + 1) * sizeof(float));
-  }
-
-  void detector_codes_of_all(std::vector<uint32_t>& out) {
-    out.resize(N);
-    run_chunks(N, 2048, [&](size_t i0, size_t i1, uint32_t w) {
-      must(detector.hash_batch(&W2[i0 * ld], i1 - i0, ld, &out[i0], &workers[w].hash_scratch));
-    });
-  }
-
-  // ---- Scheduler. ----
-
-  // Every check_every batches: how far have the weights moved since the tables were built?
-  void check_index() {
-    double t0 = now_seconds();
-    ++stats.checks;
-    if (cfg.scheduler == Scheduler::detect && cfg.detector_sample && cfg.detector_sample < N) {
-      // Estimate the flipped fraction on a fresh random sample of neurons.
-      Rng rng(mix_seed(cfg.seed, 0xC4EC4u, stats.checks));
-      std::vector<uint32_t> sample(cfg.detector_sample);
-      for (uint32_t& j : sample) j = rng.below(uint32_t(N));
-      std::vector<float> rows_buf(sample.size() * (H + 1));
-      for (size_t i = 0; i < sample.size(); ++i)
-        std::memcpy(&rows_buf[i * (H + 1)], &W2[size_t(sample[i]) * ld], (H + 1) * sizeof(float));
-      std::vector<uint32_t> codes_now(sample.size());
-      must(detector.hash_batch(rows_buf.data(), sample.size(), H + 1, codes_now.data(), &workers[0].hash_scratch));
-      uint64_t flipped = 0;
-      for (size_t i = 0; i < sample.size(); ++i) flipped += uint64_t(popcount32(detector_codes[sample[i]] ^ codes_now[i]));
-      stats.last_flip_fraction = double(flipped) / (double(sample.size()) * cfg.detector_bits);
-      stats.detect_seconds += now_seconds() - t0;
-      if (stats.last_flip_fraction > cfg.tau) full_rebuild();
-      return;
-    }
-    detector_codes_of_all(detector_new);
-    uint64_t flipped = 0;
-    std::vector<uint32_t> changed;
-    for (size_t j = 0; j < N; ++j) {
-      uint32_t diff = detector_codes[j] ^ detector_new[j];
-      flipped += uint64_t(popcount32(diff));
-      bool moved = diff != 0;
-      if (!moved && keeps_inserted_rows()) {
-        const float* now = &W2[j * ld];
-        const float* then = &inserted_rows[j * (H + 1)];
-        float d2 = 0, n2 = 0;
-        for (size_t i = 0; i <= H; ++i) {
-          d2 += (now[i] - then[i]) * (now[i] - then[i]);
-          n2 += then[i] * then[i];
-        }
-        moved = d2 > cfg.drift_epsilon * cfg.drift_epsilon * n2;
-      }
-      if (moved) changed.push_back(uint32_t(j));
-    }
-    stats.last_flip_fraction = double(flipped) / (double(N) * cfg.detector_bits);
-    stats.detect_seconds += now_seconds() - t0;
-    if (cfg.scheduler == Scheduler::detect) {
-      if (stats.last_flip_fraction > cfg.tau) full_rebuild();
-      return;
-    }
-    if (double(changed.size()) > cfg.full_rebuild_fraction * double(N)) {
-      full_rebuild();
-      return;
-    }
-    // Incremental: re-insert only the neurons that moved, under codes from their new weights.
-    t0 = now_seconds();
-    std::vector<uint32_t> fresh(changed.size() * cfg.L);
-    run_chunks(changed.size(), 256, [&](size_t i0, size_t i1, uint32_t w) {
-      item_codes_of(changed.data() + i0, 0, i1 - i0, fresh.data() + i0 * cfg.L, workers[w]);
-    });
-    for (size_t i = 0; i < changed.size(); ++i) {
-      uint32_t j = changed[i];
-      uint32_t* old_codes = &item_codes[size_t(j) * cfg.L];
-      must(tables.update(j, old_codes, &fresh[i * cfg.L]));
-      std::memcpy(old_codes, &fresh[i * cfg.L], cfg.L * sizeof(uint32_t));
-      detector_codes[j] = detector_new[j];
-      if (keeps_inserted_rows()) std::memcpy(&inserted_rows[size_t(j) * (H + 1)], &W2[size_t(j) * ld], (H + 1) * sizeof(float));
-    }
-    stats.reinserted += changed.size();
-    stats.reinsert_seconds += now_seconds() - t0;
-  }
-
-  static int popcount32(uint32_t x) {
-    int c = 0;
-    for (; x; x &= x - 1) ++c;
-    return c;
-  }
-
-  void full_rebuild() {
-    if (cfg.learn_hash && cfg.learn_every == 0) {
-      learn_round();  // ends with a rebuild under the learned projection
-      return;
-    }
-    rebuild_tables();
-  }
-
-  // ---- Hash learning. ----
-
-  // Fraction of the k best neurons (exact scores) of each query retrieved by the tables.
-  double top_recall(const float* qs, size_t nq, size_t topk, const std::vector<float>& scores, Worker& w) const {
-    double found = 0;
-    size_t kept;
-    for (size_t i = 0; i < nq; ++i) found += double(top_k_retrieved(qs + i * ld, &scores[i * N], topk, w, &kept));
-    return nq ? found / double(nq * topk) : 0.0;
-  }
-
-  // How many of the topk best neurons by `scores` (all N) the tables retrieve for query q, after
-  // the max_active cap as in training; *kept gets the number of neurons retrieved.
-  size_t top_k_retrieved(const float* q, const float* scores, size_t topk, Worker& w, size_t* kept) const {
-    TopK top(topk);
-    for (size_t j = 0; j < N; ++j) top.offer(uint32_t(j), scores[j]);
-    std::vector<uint32_t> c(cfg.L);
-    must(hasher.hash_batch(q, 1, ld, c.data(), &w.hash_scratch));
-    must(tables.query(c.data(), &w.qr));
-    if (cfg.max_active && w.qr.ids.size() > cfg.max_active) must(HashTables::keep_top_hits(&w.qr, cfg.max_active));
-    size_t found = 0;
-    for (const Scored& t : top.items) found += (t.label < w.qr.slot.size() && w.qr.slot[t.label]) ? 1 : 0;
-    *kept = w.qr.ids.size();
-    w.qr.clear();
-    return found;
-  }
-
-  // One round: mine pairs from this batch's queries, train the projection, swap it in, rebuild.
-  void learn_round() {
-    double t0 = now_seconds();
-    Worker& w = workers[0];
-    // Sample queries spread over the batch.
-    size_t B = last_batch_size;
-    size_t nq = std::min<size_t>(cfg.learn_queries, B);
-    std::vector<float> qs(nq * ld);
-    for (size_t i = 0; i < nq; ++i) std::memcpy(&qs[i * ld], &queries[(i * B / nq) * ld], ld * sizeof(float));
-    std::vector<float> scores(nq * N);
-    score_all_neurons(qs.data(), nq, scores.data());
-    stats.recall_before_sum += top_recall(qs.data(), nq, 5, scores, w);
-    // Mine: positives are top-0.1% (and > 0) neurons the tables missed; negatives are
-    // below-median neurons they retrieved.
-    struct Pair { uint32_t query, item; float label; };
+  // For the nq queries qs (rows of ld floats) with their exact scores (nq x N): positives are the
+  // top-0.1% (and > 0) neurons the tables missed, negatives the below-median ones they returned;
+  // at most 256 of each (or 256 triplets), seeded by `round`. Trains hasher's projection on them
+  // into *projection. False when nothing was mined or the result is not finite (then the caller
+  // keeps the old projection).
+  bool learn(const float* qs, size_t nq, const float* scores, const NeuronRows& rows, float mips_norm2,
+             const Hasher& hasher, const HashTables& tables, uint64_t round, const Exec& x, TrainStats* stats,
+             std::vector<float>* projection) {
+    const size_t N = rows.count;
     std::vector<std::vector<Pair>> pos_of(nq), neg_of(nq);  // per query, joined in query order
-    run_chunks(nq, 1, [&](size_t i, size_t, uint32_t wi) {
-      Worker& wk = workers[wi];
+    x.chunks(nq, 1, [&](size_t i, size_t, uint32_t wi) {
+      QueryResult& qr = qr_[wi];
       const float* s = &scores[i * N];
       std::vector<float> sorted(s, s + N);
       size_t top_n = std::max<size_t>(1, N / 1000);
@@ -3085,17 +3084,17 @@ struct Model::Impl {
       float top_threshold = sorted[top_n - 1];
       std::nth_element(sorted.begin(), sorted.begin() + ptrdiff_t(N / 2), sorted.end());
       float median = sorted[N / 2];
-      std::vector<uint32_t> c(cfg.L);
-      must(hasher.hash_batch(&qs[i * ld], 1, ld, c.data(), &wk.hash_scratch));
-      must(tables.query(c.data(), &wk.qr));
+      std::vector<uint32_t> c(cfg_.L);
+      must(hasher.hash_batch(&qs[i * ld_], 1, ld_, c.data(), &hash_scratch_[wi]));
+      must(tables.query(c.data(), &qr));
       for (size_t j = 0; j < N; ++j) {
-        bool retrieved = j < wk.qr.slot.size() && wk.qr.slot[j];
+        bool retrieved = j < qr.slot.size() && qr.slot[j];
         if (!retrieved && s[j] >= top_threshold && s[j] > 0) pos_of[i].push_back({uint32_t(i), uint32_t(j), 1.0f});
         if (retrieved && s[j] < median) neg_of[i].push_back({uint32_t(i), uint32_t(j), 0.0f});
       }
-      wk.qr.clear();
+      qr.clear();
     });
-    Rng rng(mix_seed(cfg.seed, 0x1EA7u, stats.learn_rounds));
+    Rng rng(mix_seed(cfg_.seed, 0x1EA7u, round));
     // Keeps n random groups of `group` consecutive pairs (a seeded partial shuffle), all if fewer.
     auto downsample = [&](std::vector<Pair>& v, size_t n, size_t group) {
       const size_t groups = v.size() / group;
@@ -3108,7 +3107,7 @@ struct Model::Impl {
     // At most 256 positives and 256 negatives (or 256 triplets) keep a round cheap: the loss is a
     // mean over them.
     std::vector<Pair> pos, neg;
-    if (cfg.hash_loss == HashLoss::triplet) {
+    if (cfg_.hash_loss == HashLoss::triplet) {
       // Each positive meets a random negative of its own query: pairs 2t and 2t+1 form triplet t.
       for (size_t i = 0; i < nq; ++i)
         for (const Pair& p : pos_of[i])
@@ -3128,73 +3127,66 @@ struct Model::Impl {
       downsample(neg, n, 1);
       pos.insert(pos.end(), neg.begin(), neg.end());
     }
-    ++stats.learn_rounds;
-    if (!pos.empty()) {
-      stats.pairs_mined += pos.size();
-      train_projection(pos.data(), pos.size(), qs);
-    }
-    double t_rebuild = now_seconds();
-    rebuild_tables();  // counted in rehash_seconds, not here
-    t0 += now_seconds() - t_rebuild;
-    stats.recall_after_sum += top_recall(qs.data(), nq, 5, scores, w);
-    stats.learn_seconds += now_seconds() - t0;
+    if (pos.empty()) return false;
+    stats->pairs_mined += pos.size();
+    return train_projection(pos.data(), pos.size(), qs, nq, rows, mips_norm2, hasher, x, stats, projection);
   }
 
-  // tanh through one expf: 1 - 2 / (e^{2x} + 1), absolute error ~1e-7, saturating cleanly.
-  static float tanh_fast(float x) {
-    float a = std::fabs(x);
-    float t = a > 9.0f ? 1.0f : 1.0f - 2.0f / (std::exp(2.0f * a) + 1.0f);
-    return std::copysign(t, x);
-  }
+ private:
+  struct Pair {
+    uint32_t query, item;
+    float label;
+  };
 
   // A few Adam steps on the projection P (dim x K*L) for the per-table hash_loss, summed over
   // tables: BCE(sigmoid(tanh(P_t^T q) . tanh(P_t^T w)), label), mean over pairs; or the triplet
   // hinge (pairs 2t and 2t+1 are triplet t's positive and negative), mean over triplets.
-  template <class Pair>
-  void train_projection(const Pair* pairs, size_t n, const std::vector<float>& qs) {
-    const size_t dim = H + 2, bits = size_t(cfg.K) * cfg.L;
+  bool train_projection(const Pair* pairs, size_t n, const float* qs, size_t nq, const NeuronRows& rows, float mips_norm2,
+                        const Hasher& hasher, const Exec& x, TrainStats* stats, std::vector<float>* out) {
+    const Kernels& k = *x.k;
+    const size_t dim = H_ + 2, bits = size_t(cfg_.K) * cfg_.L;
     const size_t np = size_t(dim) * bits;
-    const size_t nq = qs.size() / ld;
     std::vector<float> P(hasher.projection().begin(), hasher.projection().end());
     std::vector<float> M(np, 0.0f), V(np, 0.0f), G(np, 0.0f);
     // The pairs share a few queries: Xq (nq x dim) holds them once, [h, 1, 0]; Xw (n x dim) the
     // pairs' MIPS items. The query side is computed, and its gradient summed, per query.
     std::vector<float> Xq(nq * dim), Xw;
-    for (size_t i = 0; i < nq; ++i) std::memcpy(&Xq[i * dim], &qs[i * ld], dim * sizeof(float));
+    for (size_t i = 0; i < nq; ++i) std::memcpy(&Xq[i * dim], &qs[i * ld_], dim * sizeof(float));
     std::vector<uint32_t> ids(n);
     for (size_t i = 0; i < n; ++i) ids[i] = pairs[i].item;
-    mips_items(ids.data(), 0, n, mips_norm2, Xw);
+    mips_items(rows, ids.data(), 0, n, mips_norm2, k, Xw);
     std::vector<float> U(nq * bits), Wv(n * bits), DU(n * bits), DUq(nq * bits), DV(n * bits);
     // Pairs are split over the workers for the forward pass, input dimensions for the gradient.
     const size_t chunk = 64;
     std::vector<double> chunk_loss((n + chunk - 1) / chunk);
-    const bool triplet = cfg.hash_loss == HashLoss::triplet;
+    const bool triplet = cfg_.hash_loss == HashLoss::triplet;
+    const size_t K = cfg_.K, L = cfg_.L;
     // backward: fill DUq, DV. Returns the mean loss; BCE computes it only when want_loss (else 0).
     auto forward = [&](bool backward, bool want_loss) {
       std::fill(U.begin(), U.end(), 0.0f);
-      k->gemm_nn_acc(nq, bits, dim, Xq.data(), dim, P.data(), bits, U.data(), bits);
+      k.gemm_nn_acc(nq, bits, dim, Xq.data(), dim, P.data(), bits, U.data(), bits);
       for (float& u : U) u = tanh_fast(u);
-      run_chunks(n, chunk, [&](size_t i0, size_t i1, uint32_t) {
+      x.chunks(n, chunk, [&](size_t i0, size_t i1, uint32_t) {
         float* v0 = &Wv[i0 * bits];
         std::fill(v0, v0 + (i1 - i0) * bits, 0.0f);
-        k->gemm_nn_acc(i1 - i0, bits, dim, &Xw[i0 * dim], dim, P.data(), bits, v0, bits);
+        k.gemm_nn_acc(i1 - i0, bits, dim, &Xw[i0 * dim], dim, P.data(), bits, v0, bits);
         double loss = 0;
         for (size_t i = i0; i < i1; ++i) {
           float y = pairs[i].label;
-          for (size_t t = 0; t < cfg.L; ++t) {
-            const float* u = &U[size_t(pairs[i].query) * bits + t * cfg.K];
-            float* v = &Wv[i * bits + t * cfg.K];
-            for (size_t b = 0; b < cfg.K; ++b) v[b] = tanh_fast(v[b]);
+          for (size_t t = 0; t < L; ++t) {
+            const float* u = &U[size_t(pairs[i].query) * bits + t * K];
+            float* v = &Wv[i * bits + t * K];
+            for (size_t b = 0; b < K; ++b) v[b] = tanh_fast(v[b]);
             if (triplet) continue;  // the triplet loss needs both items' codes: below
             float st = 0;
-            for (size_t b = 0; b < cfg.K; ++b) st += u[b] * v[b];
+            for (size_t b = 0; b < K; ++b) st += u[b] * v[b];
             // BCE with logits, stable: log(1 + e^s) - y s.
             if (want_loss) loss += double(std::max(st, 0.0f) + std::log1p(std::exp(-std::fabs(st))) - y * st);
             if (!backward) continue;
             float g = (1.0f / (1.0f + std::exp(-st)) - y) / float(n);
-            for (size_t b = 0; b < cfg.K; ++b) {
-              DU[i * bits + t * cfg.K + b] = g * v[b] * (1.0f - u[b] * u[b]);
-              DV[i * bits + t * cfg.K + b] = g * u[b] * (1.0f - v[b] * v[b]);
+            for (size_t b = 0; b < K; ++b) {
+              DU[i * bits + t * K + b] = g * v[b] * (1.0f - u[b] * u[b]);
+              DV[i * bits + t * K + b] = g * u[b] * (1.0f - v[b] * v[b]);
             }
           }
         }
@@ -3206,12 +3198,12 @@ struct Model::Impl {
         double loss = 0;
         for (size_t t = 0; t < nt; ++t) {
           const size_t ip = 2 * t, in = 2 * t + 1;
-          for (size_t tb = 0; tb < cfg.L; ++tb) {
-            const size_t o = tb * cfg.K;
-            loss += double(triplet_hinge(&U[size_t(pairs[ip].query) * bits + o], &Wv[ip * bits + o], &Wv[in * bits + o], cfg.K,
-                                         cfg.triplet_margin, backward ? 1.0f / float(nt) : 0.0f,
+          for (size_t tb = 0; tb < L; ++tb) {
+            const size_t o = tb * K;
+            loss += double(triplet_hinge(&U[size_t(pairs[ip].query) * bits + o], &Wv[ip * bits + o], &Wv[in * bits + o], K,
+                                         cfg_.triplet_margin, backward ? 1.0f / float(nt) : 0.0f,
                                          &DU[ip * bits + o], &DV[ip * bits + o], &DV[in * bits + o]));
-            if (backward) std::fill(&DU[in * bits + o], &DU[in * bits + o] + cfg.K, 0.0f);
+            if (backward) std::fill(&DU[in * bits + o], &DU[in * bits + o] + K, 0.0f);
           }
         }
         mean_loss = loss / double(nt);
@@ -3221,217 +3213,984 @@ struct Model::Impl {
       }
       if (backward) {  // per-query sums, in pair order (deterministic)
         std::fill(DUq.begin(), DUq.end(), 0.0f);
-        for (size_t i = 0; i < n; ++i) k->add(&DU[i * bits], &DUq[size_t(pairs[i].query) * bits], bits);
+        for (size_t i = 0; i < n; ++i) k.add(&DU[i * bits], &DUq[size_t(pairs[i].query) * bits], bits);
       }
       return mean_loss;
     };
-    for (uint32_t step = 1; step <= cfg.hash_steps; ++step) {
+    for (uint32_t step = 1; step <= cfg_.hash_steps; ++step) {
       double loss = forward(true, step == 1);
-      if (step == 1) stats.learn_loss_before = loss;
-      AdamStep st = AdamStep::at(cfg.hash_lr, 0.9f, 0.999f, 1e-8f, step);
-      run_chunks(dim, 16, [&](size_t d0, size_t d1, uint32_t) {
+      if (step == 1) stats->learn_loss_before = loss;
+      AdamStep st = AdamStep::at(cfg_.hash_lr, 0.9f, 0.999f, 1e-8f, step);
+      x.chunks(dim, 16, [&](size_t d0, size_t d1, uint32_t) {
         float* g = &G[d0 * bits];
         std::fill(g, g + (d1 - d0) * bits, 0.0f);
-        k->gemm_tn_acc(d1 - d0, bits, nq, &Xq[d0], dim, DUq.data(), bits, g, bits);
-        k->gemm_tn_acc(d1 - d0, bits, n, &Xw[d0], dim, DV.data(), bits, g, bits);
-        for (size_t d = d0; d < d1; ++d) k->adam(&P[d * bits], &G[d * bits], &M[d * bits], &V[d * bits], bits, st);
+        k.gemm_tn_acc(d1 - d0, bits, nq, &Xq[d0], dim, DUq.data(), bits, g, bits);
+        k.gemm_tn_acc(d1 - d0, bits, n, &Xw[d0], dim, DV.data(), bits, g, bits);
+        for (size_t d = d0; d < d1; ++d) k.adam(&P[d * bits], &G[d * bits], &M[d * bits], &V[d * bits], bits, st);
       });
     }
-    stats.learn_loss_after = forward(false, true);
-    if (cfg.hash_binarize)
+    stats->learn_loss_after = forward(false, true);
+    if (cfg_.hash_binarize)
       for (float& p : P) p = p >= 0.0f ? 1.0f : -1.0f;
-    bool finite = true;
-    for (float p : P) finite = finite && std::isfinite(p);
-    if (finite) hasher.set_projection(P);  // a non-finite projection is dropped, never swapped in
+    for (float p : P)
+      if (!std::isfinite(p)) return false;  // a non-finite projection is dropped, never swapped in
+    out->swap(P);
+    return true;
   }
 
-  Status init_hashing() {
-    HashConfig hc;
-    hc.family = cfg.hash;
-    hc.dim = uint32_t(H + 2);
-    hc.K = cfg.K;
-    hc.L = cfg.L;
-    hc.density = cfg.hash_density;
-    hc.seed = mix_seed(cfg.seed, 0x4A54u, hash_generation);
-    Status st = hasher.init(hc, cfg.simd);
-    if (!st.ok()) return st;
-    TableConfig tc;
-    tc.K = cfg.K;
-    tc.L = cfg.L;
-    tc.bucket_capacity = cfg.bucket_capacity;
-    tc.policy = cfg.bucket_policy;
-    tc.seed = mix_seed(cfg.seed, 0x7AB7u, hash_generation);
-    st = tables.init(tc);
-    if (!st.ok() || cfg.scheduler == Scheduler::fixed) return st;
-    HashConfig dc;
-    dc.dim = uint32_t(H + 1);
-    dc.K = cfg.detector_bits;
-    dc.L = 1;
-    dc.seed = mix_seed(cfg.seed, 0xDE7Eu);
-    return detector.init(dc, cfg.simd);
-  }
-
-  void maybe_rehash() {
-    if (cfg.new_hash_every && stats.batches >= next_new_hash) {
-      ++hash_generation;
-      ++stats.new_hash_functions;
-      init_hashing();  // cannot fail: the config was validated at init
-      next_new_hash = stats.batches + cfg.new_hash_every;
-      rebuild_tables();
-      schedule_next_rehash();
-      return;
-    }
-    if (cfg.learn_hash && cfg.learn_every && stats.batches >= next_learn) {
-      learn_round();
-      next_learn = stats.batches + cfg.learn_every;
-      schedule_next_rehash();
-      return;
-    }
-    if (cfg.scheduler == Scheduler::fixed) {
-      if (cfg.rehash_every && stats.batches >= next_rehash) {
-        full_rebuild();
-        schedule_next_rehash();
-      }
-      return;
-    }
-    if (stats.batches >= next_check) {
-      check_index();
-      next_check = stats.batches + cfg.check_every;
-    }
-  }
-
-  void schedule_next_rehash() {
-    if (!cfg.rehash_every) return;
-    double period = double(cfg.rehash_every) * std::exp(double(cfg.rehash_decay) * double(stats.rehashes));
-    if (!(period < 1e15)) period = 1e15;  // also catches NaN
-    next_rehash = stats.batches + uint64_t(period);
-  }
-
-  Status train_batch(const Dataset& data, const uint32_t* rows, size_t B, float* loss_out) {
-    double start = now_seconds();
-    ensure_batch(B);
-    size_t labelled = 0;
-    for (size_t e = 0; e < B; ++e) {
-      has_labels[e] = data.row(rows[e]).num_labels > 0;
-      labelled += has_labels[e];
-    }
-    if (labelled == 0) {  // nothing to learn from; not an error
-      if (loss_out) *loss_out = 0;
-      return Status();
-    }
-    // Input values were validated by the entry point (finite, magnitude <= max_feature_value).
-    ++step;
-    AdamStep st = adam_step();
-    double t0 = now_seconds();
-    hidden_forward(data, rows, B);
-    stats.hidden_seconds += now_seconds() - t0;
-    for (size_t e = 0; e < B; ++e)
-      for (size_t i = 0; i < H; ++i)
-        if (!(act[e * H + i] <= kMaxMagnitude)) {
-          --step;
-          return Status::error(strf("training refused at batch %llu: hidden unit %zu of row %u is %g, above 1e18 "
-                                    "(inputs too large or weights diverged); the model is unchanged",
-                                    (unsigned long long)(stats.batches + 1), i, rows[e], double(act[e * H + i])));
-        }
-    if (cfg.output == OutputMode::full) {
-      full_forward_backward(data, rows, B, labelled, st);
-    } else {
-      lsh_forward_backward(data, rows, B, labelled);
-    }
-    double loss = 0;
-    for (size_t e = 0; e < B; ++e) loss += losses[e];
-    loss /= double(labelled);
-    if (!std::isfinite(loss)) {
-      --step;
-      if (cfg.output == OutputMode::lsh && label_count.size() == N && !shared_ids.empty()) {
-        // Undo this batch's label counts: a refused batch leaves no trace.
-        for (size_t e = 0; e < B; ++e) {
-          Dataset::Row row = data.row(rows[e]);
-          for (size_t i = 0; i < row.num_labels; ++i) --label_count[row.labels[i]];
-        }
-        examples_counted -= B;
-      }
-      return Status::error(strf("training diverged at batch %llu: the loss is not finite (weights before this batch are kept%s)",
-                                (unsigned long long)(stats.batches + 1),
-                                cfg.output == OutputMode::full ? "; the output layer is kept as it was before the batch" : ""));
-    }
-    if (cfg.output == OutputMode::lsh) {
-      update_started = true;
-      lsh_update(B, st);
-    }
-    // Input layer: back through the ReLU, then grouped lazy Adam on the touched feature rows.
-    t0 = now_seconds();
-    run_chunks(B, 32, [&](size_t e0, size_t e1, uint32_t) {
-      for (size_t e = e0; e < e1; ++e) k->relu_backward(&act[e * H], &dact[e * H], H);
-    });
-    grouped_in.collect(D, B, [&](size_t e, auto&& add) {
-      Dataset::Row row = data.row(rows[e]);
-      for (size_t i = 0; i < row.nnz; ++i) add(row.ids[i], row.values[i]);
-    });
-    apply_grouped(grouped_in, dact.data(), H, W1.data(), W1_m.data(), W1_v.data(), H, H, st);
-    std::vector<float>& g = workers[0].grad;
-    g.assign(H, 0.0f);
-    for (size_t e = 0; e < B; ++e) k->add(&dact[e * H], g.data(), H);
-    k->adam(b1.data(), g.data(), b1_m.data(), b1_v.data(), H, st);
-    stats.update_seconds += now_seconds() - t0;
-
-    ++stats.batches;
-    stats.examples += labelled;
-    last_batch_size = B;
-    if (cfg.output == OutputMode::lsh && !all_active()) maybe_rehash();
-    stats.seconds += now_seconds() - start;
-    if (loss_out) *loss_out = float(loss);
-    return Status();
-  }
-
-  // Top-k for one example whose query q is ready; mode lsh scores only retrieved neurons.
-  void predict_one(const float* q, size_t topk, InferMode mode, Worker& w, std::vector<float>& scores,
-                   TopK& top, size_t* candidates) const {
-    top.items.clear();
-    if (mode == InferMode::full) {
-      if (scores.size() < N) scores.resize(N);
-      k->gemm_nt(1, N, ld, q, ld, W2.data(), ld, scores.data(), N);
-      for (size_t j = 0; j < N; ++j) top.offer(uint32_t(j), scores[j]);
-      *candidates = N;
-      return;
-    }
-    std::vector<uint32_t> c(cfg.L);
-    must(hasher.hash_batch(q, 1, ld, c.data(), &w.hash_scratch));
-    must(tables.query(c.data(), &w.qr));
-    for (uint32_t j : shortlist) {
-      if (j >= w.qr.slot.size()) w.qr.slot.resize(size_t(j) + 1, 0);
-      if (w.qr.slot[j]) continue;
-      w.qr.ids.push_back(j);
-      w.qr.hits.push_back(0);
-      w.qr.slot[j] = uint32_t(w.qr.ids.size());
-    }
-    if (scores.size() < w.qr.ids.size()) scores.resize(w.qr.ids.size());
-    k->row_scores(W2.data(), ld, w.qr.ids.data(), w.qr.ids.size(), q, ld, nullptr, scores.data());
-    for (size_t i = 0; i < w.qr.ids.size(); ++i) top.offer(w.qr.ids[i], scores[i]);
-    *candidates = w.qr.ids.size();
-    w.qr.clear();
-    (void)topk;
-  }
+  Config cfg_;
+  size_t H_ = 0, ld_ = 0;
+  std::vector<QueryResult> qr_;                   // per worker
+  std::vector<std::vector<float>> hash_scratch_;  // per worker
 };
 
-Model::Model() = default;
-Model::~Model() = default;
-Model::Model(Model&&) noexcept = default;
-Model& Model::operator=(Model&&) noexcept = default;
+}  // namespace
+
+float triplet_hinge_loss(const float* a, const float* bp, const float* bn, size_t K, float margin, float* da,
+                         float* dbp, float* dbn) {
+  if (!a || !bp || !bn || K < 1 || K > 24) return std::numeric_limits<float>::quiet_NaN();
+  float t[3 * 24], g[3 * 24];
+  for (size_t b = 0; b < K; ++b) {
+    t[b] = std::tanh(a[b]);
+    t[K + b] = std::tanh(bp[b]);
+    t[2 * K + b] = std::tanh(bn[b]);
+  }
+  const bool grad = da && dbp && dbn;
+  float loss = triplet_hinge(t, t + K, t + 2 * K, K, margin, grad ? 1.0f : 0.0f, g, g + K, g + 2 * K);
+  if (grad) {
+    std::copy(g, g + K, da);
+    std::copy(g + K, g + 2 * K, dbp);
+    std::copy(g + 2 * K, g + 3 * K, dbn);
+  }
+  return loss;
+}
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Table upkeep and scheduler
+//-----------------------------------------------------------------------------------------------
 
 namespace {
 
-// About how many bytes a model of this shape allocates at its largest: weights and Adam moments,
-// the index, label counts, and the scratch of a training batch and of evaluation on `threads`
-// workers. Saturates instead of overflowing, so absurd shapes compare as huge.
-uint64_t model_bytes(const Config& c, uint64_t D, uint64_t N, uint64_t threads) {
-  const uint64_t H = c.hidden, ld = round_up(size_t(H) + 2, 8), B = c.batch_size;
+int popcount32(uint32_t x) {
+  int c = 0;
+  for (; x; x &= x - 1) ++c;
+  return c;
+}
+
+// The LSH index of an output layer's neurons and its upkeep: hash functions (drawn or learned),
+// tables, each neuron's codes, the change detector and the schedule that decides when the tables
+// are brought up to date. Counts what it does into the owner's TrainStats.
+class TableUpkeep {
+ public:
+  // The hash functions of generation 0, empty tables, and the schedule's first deadlines.
+  Status init(const Config& cfg, size_t H, size_t ld, size_t N, uint32_t threads) {
+    cfg_ = cfg;
+    cfg_.on_progress = nullptr;
+    H_ = H;
+    ld_ = ld;
+    N_ = N;
+    threads_ = threads;
+    hash_scratch_.assign(threads, {});
+    items_.assign(threads, {});
+    learner_.init(cfg, H, ld, threads);
+    next_new_hash_ = cfg.new_hash_every;
+    next_check_ = cfg.check_every;
+    next_learn_ = cfg.learn_every;
+    return init_hashing(0);
+  }
+
+  // The first build, from the initial weights: not counted as a rehash.
+  void first_build(const NeuronRows& rows, const Exec& x, TrainStats* stats) {
+    rebuild(rows, x, stats);
+    stats->rehashes = 0;
+    stats->rehash_seconds = 0;
+    schedule_next_rehash(*stats);
+  }
+
+  // Re-hashes every neuron from its current weights and rebuilds the tables.
+  void rebuild(const NeuronRows& rows, const Exec& x, TrainStats* stats) {
+    double t0 = now_seconds();
+    codes_.resize(N_ * cfg_.L);
+    mips_norm2_ = max_row_norm2(rows, x);
+    x.chunks(N_, 1024, [&](size_t i0, size_t i1, uint32_t w) { item_codes(rows, nullptr, i0, i1 - i0, codes_.data() + i0 * cfg_.L, w, *x.k); });
+    must(tables_.build(codes_.data(), N_, threads_));
+    if (cfg_.scheduler != Scheduler::fixed) remember_detector_state(rows, x);
+    stats->rehash_seconds += now_seconds() - t0;
+    ++stats->rehashes;
+  }
+
+  // After training batch number `batches`: whatever the schedule asks for (new hash functions, a
+  // learning round on the last batch's queries, a rebuild, a check of the detector).
+  void after_batch(uint64_t batches, const NeuronRows& rows, const float* last_queries, size_t last_batch, const Exec& x,
+                   TrainStats* stats) {
+    if (cfg_.new_hash_every && batches >= next_new_hash_) {
+      init_hashing(generation_ + 1);  // cannot fail: the config was validated at init
+      ++stats->new_hash_functions;
+      next_new_hash_ = batches + cfg_.new_hash_every;
+      rebuild(rows, x, stats);
+      schedule_next_rehash(*stats);
+      return;
+    }
+    if (cfg_.learn_hash && cfg_.learn_every && batches >= next_learn_) {
+      learn_round(rows, last_queries, last_batch, x, stats);
+      next_learn_ = batches + cfg_.learn_every;
+      schedule_next_rehash(*stats);
+      return;
+    }
+    if (cfg_.scheduler == Scheduler::fixed) {
+      if (cfg_.rehash_every && batches >= next_rehash_) {
+        full_rebuild(rows, last_queries, last_batch, x, stats);
+        schedule_next_rehash(*stats);
+      }
+      return;
+    }
+    if (batches >= next_check_) {
+      check(rows, last_queries, last_batch, x, stats);
+      next_check_ = batches + cfg_.check_every;
+    }
+  }
+
+  // Codes of n queries (rows of ld floats) into codes (n x L).
+  void hash_queries(const float* qs, size_t n, uint32_t* codes, std::vector<float>* scratch) const {
+    must(hasher_.hash_batch(qs, n, ld_, codes, scratch));
+  }
+  // The neurons in the query's buckets, with hit counts; with `cap`, only the max_active most hit.
+  void query(const uint32_t* codes, bool cap, QueryResult* out) const {
+    must(tables_.query(codes, out));
+    if (cap && cfg_.max_active && out->ids.size() > cfg_.max_active) must(HashTables::keep_top_hits(out, cfg_.max_active));
+  }
+
+  // How many of the topk best neurons by `scores` (all N) the tables retrieve for query q, after
+  // the max_active cap as in training; *kept gets the number of neurons retrieved.
+  size_t top_k_retrieved(const float* q, const float* scores, size_t topk, QueryResult& qr, std::vector<float>& scratch,
+                         size_t* kept) const;
+
+  // What model files keep, and its restoration: hash functions of `generation` with the saved
+  // projection, each neuron's codes, the tables rebuilt from them (and the detector's baseline
+  // from the current weights).
+  uint64_t generation() const { return generation_; }
+  float mips_norm2() const { return mips_norm2_; }
+  const std::vector<float>& projection() const { return hasher_.projection(); }
+  const std::vector<uint32_t>& codes() const { return codes_; }
+  Status restore(uint64_t generation, float mips_norm2, const std::vector<float>& projection, std::vector<uint32_t> codes,
+                 const NeuronRows& rows, const Exec& x, TrainStats* stats);
+
+  uint64_t bytes() const { return tables_.bytes_used() + codes_.size() * sizeof(uint32_t); }
+
+ private:
+  Status init_hashing(uint64_t generation) {
+    generation_ = generation;
+    HashConfig hc;
+    hc.family = cfg_.hash;
+    hc.dim = uint32_t(H_ + 2);
+    hc.K = cfg_.K;
+    hc.L = cfg_.L;
+    hc.density = cfg_.hash_density;
+    hc.seed = mix_seed(cfg_.seed, 0x4A54u, generation);
+    Status st = hasher_.init(hc, cfg_.simd);
+    if (!st.ok()) return st;
+    TableConfig tc;
+    tc.K = cfg_.K;
+    tc.L = cfg_.L;
+    tc.bucket_capacity = cfg_.bucket_capacity;
+    tc.policy = cfg_.bucket_policy;
+    tc.seed = mix_seed(cfg_.seed, 0x7AB7u, generation);
+    st = tables_.init(tc);
+    if (!st.ok() || cfg_.scheduler == Scheduler::fixed) return st;
+    HashConfig dc;
+    dc.dim = uint32_t(H_ + 1);
+    dc.K = cfg_.detector_bits;
+    dc.L = 1;
+    dc.seed = mix_seed(cfg_.seed, 0xDE7Eu);
+    return detector_.init(dc, cfg_.simd);
+  }
+
+  float max_row_norm2(const NeuronRows& rows, const Exec& x) const {
+    std::vector<float> per_task((N_ + 4095) / 4096, 0.0f);
+    x.chunks(N_, 4096, [&](size_t i0, size_t i1, uint32_t) {
+      float m = 0;
+      for (size_t i = i0; i < i1; ++i) m = std::max(m, x.k->dot(rows.row(i), rows.row(i), H_ + 1));
+      per_task[i0 / 4096] = m;
+    });
+    return *std::max_element(per_task.begin(), per_task.end());
+  }
+
+  // Table codes of items ids[0..n) (or the range i0..i0+n) into out (n x L), on worker w's scratch.
+  void item_codes(const NeuronRows& rows, const uint32_t* ids, size_t i0, size_t n, uint32_t* out, uint32_t w,
+                  const Kernels& k) {
+    mips_items(rows, ids, i0, n, mips_norm2_, k, items_[w]);
+    must(hasher_.hash_batch(items_[w].data(), n, H_ + 2, out, &hash_scratch_[w]));
+  }
+
+  // The detector's codes of every neuron (and a copy of the weights for the drift test) as they
+  // are when the tables are built: the baseline later checks compare against.
+  void remember_detector_state(const NeuronRows& rows, const Exec& x) {
+    detector_codes_of_all(rows, x, detector_codes_);
+    if (keeps_inserted_rows()) {
+      inserted_rows_.resize(N_ * (H_ + 1));
+      for (size_t j = 0; j < N_; ++j) std::memcpy(&inserted_rows_[j * (H_ + 1)], rows.row(j), (H_ + 1) * sizeof(float));
+    }
+  }
+  void detector_codes_of_all(const NeuronRows& rows, const Exec& x, std::vector<uint32_t>& out) {
+    out.resize(N_);
+    x.chunks(N_, 2048, [&](size_t i0, size_t i1, uint32_t w) {
+      must(detector_.hash_batch(rows.row(i0), i1 - i0, ld_, &out[i0], &hash_scratch_[w]));
+    });
+  }
+  // Only the incremental scheduler's drift test needs a copy of the weights as inserted.
+  bool keeps_inserted_rows() const { return cfg_.scheduler == Scheduler::incremental && cfg_.drift_epsilon > 0; }
+
+  void full_rebuild(const NeuronRows& rows, const float* last_queries, size_t last_batch, const Exec& x, TrainStats* stats) {
+    if (cfg_.learn_hash && cfg_.learn_every == 0) {
+      learn_round(rows, last_queries, last_batch, x, stats);  // ends with a rebuild under the learned projection
+      return;
+    }
+    rebuild(rows, x, stats);
+  }
+
+  void schedule_next_rehash(const TrainStats& stats) {
+    if (!cfg_.rehash_every) return;
+    double period = double(cfg_.rehash_every) * std::exp(double(cfg_.rehash_decay) * double(stats.rehashes));
+    if (!(period < 1e15)) period = 1e15;  // also catches NaN
+    next_rehash_ = stats.batches + uint64_t(period);
+  }
+
+  void check(const NeuronRows& rows, const float* last_queries, size_t last_batch, const Exec& x, TrainStats* stats);
+  void learn_round(const NeuronRows& rows, const float* last_queries, size_t last_batch, const Exec& x, TrainStats* stats);
+  double top_recall(const float* qs, size_t nq, size_t topk, const std::vector<float>& scores) const;
+
+  Config cfg_;
+  size_t H_ = 0, ld_ = 0, N_ = 0;
+  uint32_t threads_ = 1;
+  Hasher hasher_;
+  HashTables tables_;
+  std::vector<uint32_t> codes_;            // N x L: codes under which each neuron was inserted
+  float mips_norm2_ = 0;                   // M^2 of the MIPS reduction at the last full build
+  Hasher detector_;                        // small SimHash over [w_j, b_j]
+  std::vector<uint32_t> detector_codes_;   // N: detector code at each neuron's last insertion
+  std::vector<uint32_t> detector_new_;     // N: scratch for a check
+  std::vector<float> inserted_rows_;       // N x (H+1): weights at insertion (keeps_inserted_rows())
+  uint64_t generation_ = 0;                // hash functions drawn so far (seeds the next ones)
+  uint64_t next_check_ = 0, next_learn_ = 0, next_rehash_ = 0, next_new_hash_ = 0;
+  HashLearner learner_;
+  std::vector<std::vector<float>> hash_scratch_, items_;  // per worker
+  mutable QueryResult recall_qr_;                          // top_recall (training thread only)
+  mutable std::vector<float> recall_scratch_;
+};
+
+size_t TableUpkeep::top_k_retrieved(const float* q, const float* scores, size_t topk, QueryResult& qr,
+                                    std::vector<float>& scratch, size_t* kept) const {
+  TopK top(topk);
+  for (size_t j = 0; j < N_; ++j) top.offer(uint32_t(j), scores[j]);
+  std::vector<uint32_t> c(cfg_.L);
+  hash_queries(q, 1, c.data(), &scratch);
+  query(c.data(), true, &qr);
+  size_t found = 0;
+  for (const Scored& t : top.items) found += (t.label < qr.slot.size() && qr.slot[t.label]) ? 1 : 0;
+  *kept = qr.ids.size();
+  qr.clear();
+  return found;
+}
+
+// Fraction of the k best neurons (exact scores) of each query retrieved by the tables.
+double TableUpkeep::top_recall(const float* qs, size_t nq, size_t topk, const std::vector<float>& scores) const {
+  double found = 0;
+  size_t kept;
+  for (size_t i = 0; i < nq; ++i)
+    found += double(top_k_retrieved(qs + i * ld_, &scores[i * N_], topk, recall_qr_, recall_scratch_, &kept));
+  return nq ? found / double(nq * topk) : 0.0;
+}
+
+// Every check_every batches: how far have the weights moved since the tables were built?
+void TableUpkeep::check(const NeuronRows& rows, const float* last_queries, size_t last_batch, const Exec& x,
+                        TrainStats* stats) {
+  double t0 = now_seconds();
+  ++stats->checks;
+  if (cfg_.scheduler == Scheduler::detect && cfg_.detector_sample && cfg_.detector_sample < N_) {
+    // Estimate the flipped fraction on a fresh random sample of neurons.
+    Rng rng(mix_seed(cfg_.seed, 0xC4EC4u, stats->checks));
+    std::vector<uint32_t> sample(cfg_.detector_sample);
+    for (uint32_t& j : sample) j = rng.below(uint32_t(N_));
+    std::vector<float> rows_buf(sample.size() * (H_ + 1));
+    for (size_t i = 0; i < sample.size(); ++i) std::memcpy(&rows_buf[i * (H_ + 1)], rows.row(sample[i]), (H_ + 1) * sizeof(float));
+    std::vector<uint32_t> codes_now(sample.size());
+    must(detector_.hash_batch(rows_buf.data(), sample.size(), H_ + 1, codes_now.data(), &hash_scratch_[0]));
+    uint64_t flipped = 0;
+    for (size_t i = 0; i < sample.size(); ++i) flipped += uint64_t(popcount32(detector_codes_[sample[i]] ^ codes_now[i]));
+    stats->last_flip_fraction = double(flipped) / (double(sample.size()) * cfg_.detector_bits);
+    stats->detect_seconds += now_seconds() - t0;
+    if (stats->last_flip_fraction > cfg_.tau) full_rebuild(rows, last_queries, last_batch, x, stats);
+    return;
+  }
+  detector_codes_of_all(rows, x, detector_new_);
+  uint64_t flipped = 0;
+  std::vector<uint32_t> changed;
+  for (size_t j = 0; j < N_; ++j) {
+    uint32_t diff = detector_codes_[j] ^ detector_new_[j];
+    flipped += uint64_t(popcount32(diff));
+    bool moved = diff != 0;
+    if (!moved && keeps_inserted_rows()) {
+      const float* now = rows.row(j);
+      const float* then = &inserted_rows_[j * (H_ + 1)];
+      float d2 = 0, n2 = 0;
+      for (size_t i = 0; i <= H_; ++i) {
+        d2 += (now[i] - then[i]) * (now[i] - then[i]);
+        n2 += then[i] * then[i];
+      }
+      moved = d2 > cfg_.drift_epsilon * cfg_.drift_epsilon * n2;
+    }
+    if (moved) changed.push_back(uint32_t(j));
+  }
+  stats->last_flip_fraction = double(flipped) / (double(N_) * cfg_.detector_bits);
+  stats->detect_seconds += now_seconds() - t0;
+  if (cfg_.scheduler == Scheduler::detect) {
+    if (stats->last_flip_fraction > cfg_.tau) full_rebuild(rows, last_queries, last_batch, x, stats);
+    return;
+  }
+  if (double(changed.size()) > cfg_.full_rebuild_fraction * double(N_)) {
+    full_rebuild(rows, last_queries, last_batch, x, stats);
+    return;
+  }
+  // Incremental: re-insert only the neurons that moved, under codes from their new weights.
+  t0 = now_seconds();
+  std::vector<uint32_t> fresh(changed.size() * cfg_.L);
+  x.chunks(changed.size(), 256, [&](size_t i0, size_t i1, uint32_t w) {
+    item_codes(rows, changed.data() + i0, 0, i1 - i0, fresh.data() + i0 * cfg_.L, w, *x.k);
+  });
+  for (size_t i = 0; i < changed.size(); ++i) {
+    uint32_t j = changed[i];
+    uint32_t* old_codes = &codes_[size_t(j) * cfg_.L];
+    must(tables_.update(j, old_codes, &fresh[i * cfg_.L]));
+    std::memcpy(old_codes, &fresh[i * cfg_.L], cfg_.L * sizeof(uint32_t));
+    detector_codes_[j] = detector_new_[j];
+    if (keeps_inserted_rows()) std::memcpy(&inserted_rows_[size_t(j) * (H_ + 1)], rows.row(j), (H_ + 1) * sizeof(float));
+  }
+  stats->reinserted += changed.size();
+  stats->reinsert_seconds += now_seconds() - t0;
+}
+
+// One round: mine pairs from the last batch's queries, train the projection, swap it in, rebuild.
+void TableUpkeep::learn_round(const NeuronRows& rows, const float* last_queries, size_t last_batch, const Exec& x,
+                              TrainStats* stats) {
+  double t0 = now_seconds();
+  // Sample queries spread over the batch.
+  const size_t B = last_batch;
+  const size_t nq = std::min<size_t>(cfg_.learn_queries, B);
+  std::vector<float> qs(nq * ld_);
+  for (size_t i = 0; i < nq; ++i) std::memcpy(&qs[i * ld_], &last_queries[(i * B / nq) * ld_], ld_ * sizeof(float));
+  std::vector<float> scores(nq * N_);
+  score_all_rows(x, qs.data(), nq, rows.W, N_, ld_, scores.data());
+  stats->recall_before_sum += top_recall(qs.data(), nq, 5, scores);
+  std::vector<float> learned;
+  const bool trained = learner_.learn(qs.data(), nq, scores.data(), rows, mips_norm2_, hasher_, tables_, stats->learn_rounds, x,
+                                      stats, &learned);
+  ++stats->learn_rounds;
+  if (trained) must(hasher_.set_projection(learned));
+  double t_rebuild = now_seconds();
+  rebuild(rows, x, stats);  // counted in rehash_seconds, not here
+  t0 += now_seconds() - t_rebuild;
+  stats->recall_after_sum += top_recall(qs.data(), nq, 5, scores);
+  stats->learn_seconds += now_seconds() - t0;
+}
+
+Status TableUpkeep::restore(uint64_t generation, float mips_norm2, const std::vector<float>& projection,
+                            std::vector<uint32_t> codes, const NeuronRows& rows, const Exec& x, TrainStats* stats) {
+  Status st = init_hashing(generation);
+  if (!st.ok()) return st;
+  if (cfg_.hash == HashFamily::simhash) {
+    st = hasher_.set_projection(projection);
+    if (!st.ok()) return st;
+  }
+  codes_ = std::move(codes);
+  mips_norm2_ = mips_norm2;
+  must(tables_.build(codes_.data(), N_, threads_));
+  if (cfg_.scheduler != Scheduler::fixed) remember_detector_state(rows, x);
+  next_rehash_ = 0;
+  schedule_next_rehash(*stats);
+  return Status();
+}
+
+}  // namespace
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Output layer
+//-----------------------------------------------------------------------------------------------
+// Each example's softmax runs over all N neurons (full) or over its active set (lsh): the batch's
+// shared set S (every label of the batch, plus random neurons up to min_active) and its own
+// retrieved set R_e (table hits, capped by max_active, outside S). S is scored and updated with
+// dense GEMMs on a gathered copy of its rows; R_e by gathered dot products. S and the R_e are
+// disjoint, so every row has one update path. Retrieved rows' gradients are grouped by row in
+// example order (as the sparse input layer's), so results depend on the seed and threads only.
+
+namespace {
+
+// The labels of one example of a batch.
+struct LabelList {
+  const uint32_t* ids;
+  size_t count;
+};
+
+class OutputCore {
+ public:
+  // Per-caller scratch of inference calls (so several may run at once).
+  struct InferScratch {
+    QueryResult qr;
+    std::vector<float> q, scores, hash_scratch;
+    std::vector<uint32_t> codes;
+  };
+
+  // Rows drawn from rng: U(-1/sqrt(d), 1/sqrt(d)) for [w_j, b_j], zero padding.
+  Status init(const Config& cfg, size_t d, size_t N, Rng& rng, const Exec& x) {
+    cfg_ = cfg;
+    cfg_.on_progress = nullptr;
+    d_ = d;
+    N_ = N;
+    ld_ = round_up(d + 2, 8);  // room for the MIPS coordinate (always 0 in queries and rows)
+    W_.assign(N * ld_);
+    const float bound = 1.0f / std::sqrt(float(d));
+    for (size_t j = 0; j < N; ++j)
+      for (size_t i = 0; i <= d; ++i) W_.w[j * ld_ + i] = (2.0f * rng.uniform() - 1.0f) * bound;
+    workers_.assign(x.threads(), Worker());
+    row_grads_.assign(x.threads(), {});
+    // Sized once here, so that the first batch allocates nothing proportional to N.
+    label_count_.assign(N, 0);
+    shared_pos_.assign(N, 0);
+    if (lsh()) {
+      Status st = index_.init(cfg_, d, ld_, N, x.threads());
+      if (!st.ok()) return st;
+      index_.first_build(rows(), x, &stats_);
+    }
+    return Status();
+  }
+
+  bool lsh() const { return cfg_.output == OutputMode::lsh; }
+  size_t input_dim() const { return d_; }
+  size_t labels() const { return N_; }
+  size_t stride() const { return ld_; }
+  const Config& config() const { return cfg_; }
+  const float* weights() const { return W_.w.data(); }
+  const TrainStats& stats() const { return stats_; }
+  uint64_t step() const { return step_; }
+  bool interrupted_update() const { return update_started_; }
+  uint64_t bytes() const { return W_.bytes() + (lsh() ? index_.bytes() : 0); }
+
+  // One step on B inputs h (row e at h + e * h_stride) with their labels: loss into *loss,
+  // dL/dh into grad (row e at grad + e * grad_stride), then the update and the table upkeep.
+  // A non-finite loss is refused before anything changes; so is a failure before the update.
+  Status train(const float* h, size_t h_stride, size_t B, const LabelList* labels, float* grad, size_t grad_stride,
+               double* loss_out, const Exec& x) {
+    update_started_ = labels_counted_ = false;
+    const uint64_t step_before = step_, counted_before = examples_counted_;
+    try {
+      return train_step(h, h_stride, B, labels, grad, grad_stride, loss_out, x);
+    } catch (...) {
+      if (!update_started_) undo_batch(labels, B, step_before, counted_before);
+      throw;
+    }
+  }
+
+  // The k best labels of n inputs into tops[0..n) (each TopK of capacity k), every label scored
+  // (full) or the retrieved ones and the shortlist (lsh). Adds the labels scored to *candidates.
+  void infer(const float* h, size_t h_stride, size_t n, InferMode mode, InferScratch& s, TopK* tops, double* candidates,
+             const Kernels& k) const {
+    s.q.resize(n * ld_);
+    for (size_t i = 0; i < n; ++i) make_query(h + i * h_stride, &s.q[i * ld_]);
+    if (mode == InferMode::full) {
+      // One GEMM streams the rows once for all n inputs.
+      if (s.scores.size() < n * N_) s.scores.resize(n * N_);
+      k.gemm_nt(n, N_, ld_, s.q.data(), ld_, W_.w.data(), ld_, s.scores.data(), N_);
+      for (size_t i = 0; i < n; ++i) {
+        tops[i].items.clear();
+        const float* sc = s.scores.data() + i * N_;
+        for (size_t j = 0; j < N_; ++j) tops[i].offer(uint32_t(j), sc[j]);
+      }
+      *candidates += double(n * N_);
+      return;
+    }
+    for (size_t i = 0; i < n; ++i) *candidates += double(infer_lsh(&s.q[i * ld_], s, tops[i], k));
+  }
+
+  // How many of the topk best neurons of input h the tables retrieve (after the cap); *kept: how
+  // many they retrieve.
+  size_t recall_one(const float* h, size_t topk, InferScratch& s, size_t* kept, const Kernels& k) const {
+    s.q.resize(ld_);
+    make_query(h, s.q.data());
+    if (s.scores.size() < N_) s.scores.resize(N_);
+    k.gemm_nt(1, N_, ld_, s.q.data(), ld_, W_.w.data(), ld_, s.scores.data(), N_);
+    return index_.top_k_retrieved(s.q.data(), s.scores.data(), topk, s.qr, s.hash_scratch, kept);
+  }
+
+  // After an epoch: the tables (when every neuron is active, training does not keep them) and the
+  // inference shortlist brought up to date.
+  void refresh(const Exec& x) {
+    if (!lsh()) return;
+    if (all_active()) index_.rebuild(rows(), x, &stats_);
+    refresh_shortlist();
+  }
+
+  // ---- What model files hold, and its restoration. ----
+  std::vector<StateArray> state() {
+    return {{"W2", &W_.w, false}, {"W2 Adam m", &W_.m, true}, {"W2 Adam v", &W_.v, true}};
+  }
+  struct IndexState {
+    uint64_t generation = 0;
+    float mips_norm2 = 0;
+    std::vector<float> projection;
+    std::vector<uint32_t> codes, label_count, shortlist;
+    uint64_t examples_counted = 0;
+  };
+  IndexState index_state() const {
+    IndexState s;
+    s.generation = index_.generation();
+    s.mips_norm2 = index_.mips_norm2();
+    s.projection = index_.projection();
+    s.codes = index_.codes();
+    s.label_count = label_count_;
+    s.shortlist = shortlist_;
+    s.examples_counted = examples_counted_;
+    return s;
+  }
+  // After the rows were read into state(): checks them, then restores the step counter and (lsh)
+  // the index, whose tables are rebuilt from the saved codes. Statistics start afresh.
+  Status restore(uint64_t step, IndexState* index, const Exec& x) {
+    for (size_t j = 0; j < N_; ++j)
+      for (size_t i = d_ + 1; i < ld_; ++i)
+        if (W_.w[j * ld_ + i] != 0.0f) return Status::error("padding after a bias is not zero (corrupted file?)");
+    step_ = step;
+    stats_ = TrainStats();
+    if (!lsh()) return Status();
+    label_count_ = std::move(index->label_count);
+    shortlist_ = std::move(index->shortlist);
+    examples_counted_ = index->examples_counted;
+    return index_.restore(index->generation, index->mips_norm2, index->projection, std::move(index->codes), rows(), x,
+                          &stats_);
+  }
+
+ private:
+  struct Worker {
+    QueryResult qr;
+    std::vector<float> hash_scratch, z, dq, block_g;
+  };
+
+  NeuronRows rows() const { return NeuronRows{W_.w.data(), N_, ld_, d_}; }
+  // min_active >= N: every neuron is in the shared set, the tables are never needed.
+  bool all_active() const { return cfg_.min_active >= N_; }
+  AdamStep adam_step() const { return AdamStep::at(cfg_.learning_rate, cfg_.beta1, cfg_.beta2, cfg_.adam_eps, step_); }
+  // [h, 1, 0...]: the bias takes part in every score (and in retrieval).
+  void make_query(const float* h, float* q) const {
+    std::memcpy(q, h, d_ * sizeof(float));
+    q[d_] = 1.0f;
+    for (size_t i = d_ + 1; i < ld_; ++i) q[i] = 0.0f;
+  }
+
+  void ensure_batch(size_t B) {
+    if (queries_.size() < B * ld_) {
+      queries_.resize(B * ld_);
+      losses_.resize(B);
+      has_labels_.resize(B);
+      active_.resize(B);
+      dlogits_.resize(B);
+      if (lsh()) codes_.resize(B * cfg_.L);
+    }
+  }
+
+  // A refused or failed batch leaves no trace: the step counter and the label counts as before.
+  void undo_batch(const LabelList* labels, size_t B, uint64_t step_before, uint64_t counted_before) {
+    step_ = step_before;
+    if (!labels_counted_) return;
+    for (size_t e = 0; e < B; ++e)
+      for (size_t i = 0; i < labels[e].count; ++i) --label_count_[labels[e].ids[i]];
+    examples_counted_ = counted_before;
+    labels_counted_ = false;
+  }
+
+  Status train_step(const float* h, size_t h_stride, size_t B, const LabelList* labels, float* grad, size_t grad_stride,
+                    double* loss_out, const Exec& x);
+
+  // Loss and dL/dz for one example from its logits z[0..n); z becomes dL/dz times `scale`.
+  // Label l's logit is z[l], or z[position[l] - 1] when a position map is given (the labels are
+  // always among the scored neurons). Multi-label target: 1/|y| on each label.
+  float softmax_loss(float* z, size_t n, const LabelList& y, float scale, const std::vector<uint32_t>* position,
+                     const Kernels& k) const {
+    const float t = 1.0f / float(y.count);
+    auto at = [&](uint32_t label) -> size_t { return position ? size_t((*position)[label]) - 1 : label; };
+    double label_logit_sum = 0;
+    for (size_t i = 0; i < y.count; ++i) label_logit_sum += z[at(y.ids[i])];
+    float lse = k.softmax(z, n);
+    float loss = float(double(lse) - label_logit_sum * t);
+    for (size_t i = 0; i < y.count; ++i) z[at(y.ids[i])] -= t;
+    k.scale(scale, z, n);
+    return loss;
+  }
+
+  // ---- Full softmax: blocked GEMMs; each block of output rows is updated while in cache. ----
+  void full_forward(const LabelList* labels, size_t B, size_t labelled, const Exec& x);
+  void full_backward_update(size_t B, float* grad, size_t grad_stride, const AdamStep& st, const Exec& x);
+
+  // ---- LSH-sampled softmax. ----
+
+  // Builds S: the batch's distinct labels, then random neurons until |S| >= min(min_active, N).
+  void build_shared_set(const LabelList* labels, size_t B);
+
+  void lsh_forward_backward(const LabelList* labels, size_t B, size_t labelled, float* grad, size_t grad_stride,
+                            const Exec& x);
+  void lsh_update(size_t B, const AdamStep& st, const Exec& x);
+
+  // Top-k over the retrieved neurons and the shortlist for query q; returns how many were scored.
+  size_t infer_lsh(const float* q, InferScratch& s, TopK& top, const Kernels& k) const;
+
+  void refresh_shortlist();
+
+  Config cfg_;
+  size_t d_ = 0, N_ = 0, ld_ = 0;
+  Param W_;                                   // N x ld rows [w, b, 0...] and their moments
+  uint64_t step_ = 0;                         // batches trained (Adam's bias correction, seeds)
+  TrainStats stats_;
+  TableUpkeep index_;                         // lsh
+  std::vector<uint32_t> label_count_;         // N: training examples seen with each label
+  uint64_t examples_counted_ = 0;
+  std::vector<uint32_t> shortlist_;           // the infer_shortlist most frequent labels
+  bool update_started_ = false, labels_counted_ = false;
+  // Per batch.
+  std::vector<float> queries_;                // B x ld: [h, 1, 0...]
+  std::vector<float> logits_;                 // full: B x N; exact retrieval: every score
+  std::vector<uint32_t> codes_;               // lsh: B x L
+  std::vector<float> losses_;                 // B
+  std::vector<uint8_t> has_labels_;           // B
+  std::vector<std::vector<uint32_t>> active_; // lsh: each example's retrieved neurons
+  std::vector<std::vector<float>> dlogits_;   // lsh: dL/dz for them
+  std::vector<uint32_t> shared_ids_;          // the batch's shared active set S
+  std::vector<uint32_t> shared_pos_;          // per neuron: 1 + position in S, or 0
+  std::vector<float> drift_step_;             // tail drift: what each shared row gains this batch (ld)
+  std::vector<float> shared_rows_;            // S x ld: gathered rows of S
+  std::vector<float> shared_logits_;          // B x |S|: logits, then dL/dz
+  std::vector<float> shared_logq_;            // |S|: log of each shared neuron's inclusion probability
+  GroupedGradient grouped_;
+  std::vector<Worker> workers_;
+  std::vector<std::vector<float>> row_grads_;  // per worker: apply_grouped's scratch
+};
+
+Status OutputCore::train_step(const float* h, size_t h_stride, size_t B, const LabelList* labels, float* grad,
+                              size_t grad_stride, double* loss_out, const Exec& x) {
+  double start = now_seconds();
+  ensure_batch(B);
+  size_t labelled = 0;
+  for (size_t e = 0; e < B; ++e) {
+    has_labels_[e] = labels[e].count > 0;
+    labelled += has_labels_[e];
+  }
+  if (labelled == 0) {  // nothing to learn from; not an error
+    *loss_out = 0;
+    return Status();
+  }
+  const uint64_t step_before = step_, counted_before = examples_counted_;
+  ++step_;
+  const AdamStep st = adam_step();
+  for (size_t e = 0; e < B; ++e) make_query(h + e * h_stride, &queries_[e * ld_]);
+  double loss = 0;
+  if (lsh()) {
+    lsh_forward_backward(labels, B, labelled, grad, grad_stride, x);
+  } else {
+    full_forward(labels, B, labelled, x);
+  }
+  for (size_t e = 0; e < B; ++e) loss += losses_[e];
+  loss /= double(labelled);
+  if (!std::isfinite(loss)) {
+    undo_batch(labels, B, step_before, counted_before);
+    return Status::error(strf("training diverged at batch %llu: the loss is not finite (weights before this batch are kept%s)",
+                              (unsigned long long)(stats_.batches + 1),
+                              lsh() ? "" : "; the output layer is kept as it was before the batch"));
+  }
+  update_started_ = true;
+  if (lsh()) {
+    lsh_update(B, st, x);
+  } else {
+    full_backward_update(B, grad, grad_stride, st, x);
+  }
+  ++stats_.batches;
+  stats_.examples += labelled;
+  if (lsh() && !all_active()) index_.after_batch(stats_.batches, rows(), queries_.data(), B, x, &stats_);
+  stats_.seconds += now_seconds() - start;
+  *loss_out = loss;
+  return Status();
+}
+
+void OutputCore::full_forward(const LabelList* labels, size_t B, size_t labelled, const Exec& x) {
+  if (logits_.size() < B * N_) logits_.resize(B * N_);
+  double t0 = now_seconds();
+  score_all_rows(x, queries_.data(), B, W_.w.data(), N_, ld_, logits_.data());
+  const float scale = 1.0f / float(labelled);
+  x.chunks(B, 4, [&](size_t e0, size_t e1, uint32_t) {
+    for (size_t e = e0; e < e1; ++e) {
+      float* z = logits_.data() + e * N_;
+      if (!has_labels_[e]) {
+        std::fill(z, z + N_, 0.0f);
+        losses_[e] = 0;
+        continue;
+      }
+      losses_[e] = softmax_loss(z, N_, labels[e], scale, nullptr, *x.k);
+    }
+  });
+  stats_.forward_backward_seconds += now_seconds() - t0;
+}
+
+void OutputCore::full_backward_update(size_t B, float* grad, size_t grad_stride, const AdamStep& st, const Exec& x) {
+  const double t0 = now_seconds();
+  const size_t nb = 128;
+  const size_t blocks = (N_ + nb - 1) / nb;
+  for (Worker& w : workers_) w.dq.assign(B * ld_, 0.0f);
+  x.pool->run(blocks, [&](size_t b, uint32_t wi) {
+    Worker& w = workers_[wi];
+    size_t j0 = b * nb, j1 = std::min(N_, j0 + nb), m = j1 - j0;
+    // dQ += dZ[:, block] W[block] (before the block's rows are updated).
+    x.k->gemm_nn_acc(B, ld_, m, logits_.data() + j0, N_, W_.w.data() + j0 * ld_, ld_, w.dq.data(), ld_);
+    // gW[block] = dZ[:, block]^T Q.
+    w.block_g.assign(m * ld_, 0.0f);
+    x.k->gemm_tn_acc(m, ld_, B, logits_.data() + j0, N_, queries_.data(), ld_, w.block_g.data(), ld_);
+    for (size_t j = 0; j < m; ++j) W_.adam(*x.k, (j0 + j) * ld_, w.block_g.data() + j * ld_, ld_, st);
+  });
+  // dL/dh = sum of the workers' partial dQ, in worker order (deterministic).
+  for (size_t e = 0; e < B; ++e) {
+    float* d = grad + e * grad_stride;
+    std::memcpy(d, workers_[0].dq.data() + e * ld_, d_ * sizeof(float));
+    for (size_t w = 1; w < workers_.size(); ++w) x.k->add(workers_[w].dq.data() + e * ld_, d, d_);
+  }
+  stats_.update_seconds += now_seconds() - t0;
+}
+
+void OutputCore::build_shared_set(const LabelList* labels, size_t B) {
+  for (uint32_t j : shared_ids_) shared_pos_[j] = 0;
+  shared_ids_.clear();
+  auto add = [&](uint32_t j) {
+    if (shared_pos_[j]) return;
+    shared_ids_.push_back(j);
+    shared_pos_[j] = uint32_t(shared_ids_.size());
+  };
+  // The batch's labels join S and are counted: label frequencies so far (this batch included)
+  // feed the sampling correction and the inference shortlist.
+  labels_counted_ = true;
+  for (size_t e = 0; e < B; ++e)
+    for (size_t i = 0; i < labels[e].count; ++i) {
+      add(labels[e].ids[i]);
+      ++label_count_[labels[e].ids[i]];
+    }
+  examples_counted_ += B;
+  size_t want = std::min<size_t>(cfg_.min_active, N_);
+  size_t from_labels = shared_ids_.size();
+  if (want == N_) {
+    for (uint32_t j = 0; j < N_; ++j) add(j);
+  } else {
+    Rng rng(mix_seed(cfg_.seed, 0x9AD5u, step_));
+    while (shared_ids_.size() < want) add(rng.below(uint32_t(N_)));
+  }
+  if (!cfg_.sampling_correction) return;
+  // Inclusion probability of each shared neuron in a batch: via some example's label or via the
+  // random padding.
+  const double pad = double(shared_ids_.size() - from_labels) / double(N_ - from_labels > 0 ? N_ - from_labels : 1);
+  shared_logq_.resize(shared_ids_.size());
+  for (size_t i = 0; i < shared_ids_.size(); ++i) {
+    double f = double(label_count_[shared_ids_[i]]) / double(examples_counted_);
+    double via_label = 1.0 - std::pow(1.0 - std::min(f, 1.0), double(B));
+    double q = 1.0 - (1.0 - via_label) * (1.0 - pad);
+    shared_logq_[i] = float(std::log(std::max(q, 1e-12)));
+  }
+}
+
+size_t OutputCore::infer_lsh(const float* q, InferScratch& s, TopK& top, const Kernels& k) const {
+  top.items.clear();
+  s.codes.resize(cfg_.L);
+  index_.hash_queries(q, 1, s.codes.data(), &s.hash_scratch);
+  index_.query(s.codes.data(), false, &s.qr);
+  for (uint32_t j : shortlist_) {
+    if (j >= s.qr.slot.size()) s.qr.slot.resize(size_t(j) + 1, 0);
+    if (s.qr.slot[j]) continue;
+    s.qr.ids.push_back(j);
+    s.qr.hits.push_back(0);
+    s.qr.slot[j] = uint32_t(s.qr.ids.size());
+  }
+  if (s.scores.size() < s.qr.ids.size()) s.scores.resize(s.qr.ids.size());
+  k.row_scores(W_.w.data(), ld_, s.qr.ids.data(), s.qr.ids.size(), q, ld_, nullptr, s.scores.data());
+  for (size_t i = 0; i < s.qr.ids.size(); ++i) top.offer(s.qr.ids[i], s.scores[i]);
+  const size_t scored = s.qr.ids.size();
+  s.qr.clear();
+  return scored;
+}
+
+void OutputCore::refresh_shortlist() {
+  shortlist_.clear();
+  if (label_count_.size() < N_ || cfg_.infer_shortlist == 0) return;
+  std::vector<uint32_t> order(N_);
+  std::iota(order.begin(), order.end(), 0u);
+  size_t m = std::min<size_t>(cfg_.infer_shortlist, N_);
+  std::partial_sort(order.begin(), order.begin() + ptrdiff_t(m), order.end(), [&](uint32_t a, uint32_t b) {
+    return label_count_[a] != label_count_[b] ? label_count_[a] > label_count_[b] : a < b;
+  });
+  for (size_t i = 0; i < m && label_count_[order[i]] > 0; ++i) shortlist_.push_back(order[i]);
+}
+
+void OutputCore::lsh_forward_backward(const LabelList* labels, size_t B, size_t labelled, float* grad,
+                                      size_t grad_stride, const Exec& x) {
+  const Kernels& k = *x.k;
+  double t0 = now_seconds();
+  build_shared_set(labels, B);
+  const size_t S = shared_ids_.size();
+  if (!all_active()) x.chunks(B, 16, [&](size_t e0, size_t e1, uint32_t w) {
+    index_.hash_queries(queries_.data() + e0 * ld_, e1 - e0, codes_.data() + e0 * cfg_.L, &workers_[w].hash_scratch);
+  });
+  double t1 = now_seconds();
+  stats_.hash_seconds += t1 - t0;
+  // Shared logits: Z_S = Q W_S^T on a gathered copy of S's rows.
+  if (shared_rows_.size() < S * ld_) shared_rows_.resize(S * ld_);
+  if (shared_logits_.size() < B * S) shared_logits_.resize(B * S);
+  x.chunks(S, 256, [&](size_t i0, size_t i1, uint32_t) {
+    for (size_t i = i0; i < i1; ++i) std::memcpy(&shared_rows_[i * ld_], &W_.w[size_t(shared_ids_[i]) * ld_], ld_ * sizeof(float));
+  });
+  const size_t nb = 96;
+  x.pool->run((S + nb - 1) / nb, [&](size_t b, uint32_t) {
+    size_t j0 = b * nb, j1 = std::min(S, j0 + nb);
+    k.gemm_nt(B, j1 - j0, ld_, queries_.data(), ld_, shared_rows_.data() + j0 * ld_, ld_, shared_logits_.data() + j0, S);
+  });
+  if (cfg_.exact_retrieval && !all_active()) {
+    // Every neuron's score, to retrieve the best ones by brute force (counted as query time).
+    double q0 = now_seconds();
+    if (logits_.size() < B * N_) logits_.resize(B * N_);
+    score_all_rows(x, queries_.data(), B, W_.w.data(), N_, ld_, logits_.data());
+    stats_.query_seconds += now_seconds() - q0;
+    t1 += now_seconds() - q0;  // not forward/backward time
+  }
+  const float scale = 1.0f / float(labelled);
+  std::vector<double> query_time(workers_.size(), 0.0), active_total(workers_.size(), 0.0);
+  x.chunks(B, 2, [&](size_t e0, size_t e1, uint32_t wi) {
+    Worker& w = workers_[wi];
+    for (size_t e = e0; e < e1; ++e) {
+      double q0 = now_seconds();
+      std::vector<uint32_t>& retrieved = active_[e];
+      std::vector<float>& dz = dlogits_[e];
+      retrieved.clear();
+      dz.clear();
+      float* dq = grad + e * grad_stride;
+      std::fill(dq, dq + d_, 0.0f);
+      float* zs = shared_logits_.data() + e * S;
+      if (!has_labels_[e]) {
+        std::fill(zs, zs + S, 0.0f);
+        losses_[e] = 0;
+        continue;
+      }
+      if (all_active()) {
+        // S already holds every neuron: nothing is left to retrieve.
+      } else if (cfg_.exact_retrieval) {
+        TopK top(cfg_.max_active);
+        const float* all = logits_.data() + e * N_;
+        for (uint32_t j = 0; j < N_; ++j)
+          if (!shared_pos_[j]) top.offer(j, all[j]);
+        for (const Scored& t : top.items) retrieved.push_back(t.label);
+      } else {
+        index_.query(codes_.data() + e * cfg_.L, true, &w.qr);
+        for (uint32_t j : w.qr.ids)
+          if (!shared_pos_[j]) retrieved.push_back(j);
+      }
+      w.qr.clear();
+      double q1 = now_seconds();
+      query_time[wi] += q1 - q0;
+      const size_t n = S + retrieved.size();
+      active_total[wi] += double(n);
+      // One softmax over [Z_S[e], z_R].
+      std::vector<float>& z = w.z;
+      if (z.size() < n) z.resize(n);
+      std::memcpy(z.data(), zs, S * sizeof(float));
+      // Sampled-softmax correction: z_j - log Q_j (a constant shift per neuron: dL/dz is unchanged).
+      if (cfg_.sampling_correction) {
+        k.axpy(-1.0f, shared_logq_.data(), z.data(), S);
+        // The example's own labels are in S with certainty: they keep their logits. (Correcting
+        // them too under-trains rare labels: measured -1.2 points of P@1 on citeulike-t.)
+        for (size_t i = 0; i < labels[e].count; ++i) {
+          size_t p = size_t(shared_pos_[labels[e].ids[i]]) - 1;
+          z[p] = zs[p];
+        }
+      }
+      k.row_scores(W_.w.data(), ld_, retrieved.data(), retrieved.size(), queries_.data() + e * ld_, ld_, nullptr, z.data() + S);
+      losses_[e] = softmax_loss(z.data(), n, labels[e], scale, &shared_pos_, k);
+      std::memcpy(zs, z.data(), S * sizeof(float));
+      dz.assign(z.begin() + ptrdiff_t(S), z.begin() + ptrdiff_t(n));
+      k.rows_axpy(W_.w.data(), ld_, retrieved.data(), retrieved.size(), dz.data(), d_, dq);
+    }
+  });
+  // dQ += dZ_S W_S (rows of S before their update).
+  x.chunks(B, 16, [&](size_t e0, size_t e1, uint32_t) {
+    k.gemm_nn_acc(e1 - e0, d_, S, shared_logits_.data() + e0 * S, S, shared_rows_.data(), ld_, grad + e0 * grad_stride, grad_stride);
+  });
+  double t2 = now_seconds();
+  double qt = 0;
+  for (size_t w = 0; w < workers_.size(); ++w) {
+    qt += query_time[w] / double(workers_.size());
+    stats_.active_sum += active_total[w];
+  }
+  stats_.query_seconds += qt;
+  stats_.forward_backward_seconds += (t2 - t1) - qt;
+}
+
+void OutputCore::lsh_update(size_t B, const AdamStep& st, const Exec& x) {
+  double t0 = now_seconds();
+  const size_t S = shared_ids_.size();
+  // Tail drift (Config::tail_drift): the shared rows move up along the batch's active hidden
+  // units and the bias, which up to a per-query constant in every logit is every other row
+  // drifting down the way the full softmax's Adam moves rows with small positive gradients.
+  const bool drift = cfg_.tail_drift > 0.0f && !all_active();
+  if (drift) {
+    drift_step_.assign(ld_, 0.0f);
+    const float a = cfg_.tail_drift * st.lr;
+    for (size_t i = 0; i < d_; ++i)
+      for (size_t e = 0; e < B; ++e)
+        if (queries_[e * ld_ + i] > 0.0f) {
+          drift_step_[i] = a;
+          break;
+        }
+    drift_step_[d_] = a;
+  }
+  // Shared rows: G_S = dZ_S^T Q, then Adam, a block of rows at a time.
+  const size_t nb = 64;
+  x.pool->run((S + nb - 1) / nb, [&](size_t b, uint32_t wi) {
+    Worker& w = workers_[wi];
+    size_t j0 = b * nb, m = std::min(S, j0 + nb) - j0;
+    w.block_g.assign(m * ld_, 0.0f);
+    x.k->gemm_tn_acc(m, ld_, B, shared_logits_.data() + j0, S, queries_.data(), ld_, w.block_g.data(), ld_);
+    for (size_t j = 0; j < m; ++j) {
+      size_t r = size_t(shared_ids_[j0 + j]) * ld_;
+      W_.adam(*x.k, r, w.block_g.data() + j * ld_, ld_, st);
+      if (drift) x.k->add(drift_step_.data(), W_.w.data() + r, d_ + 1);
+    }
+  });
+  // Retrieved rows: grouped by row over the examples that retrieved them.
+  grouped_.collect(N_, B, [&](size_t e, auto&& add) {
+    const auto& ids = active_[e];
+    const auto& dz = dlogits_[e];
+    for (size_t i = 0; i < ids.size(); ++i) add(ids[i], dz[i]);
+  });
+  apply_grouped(x, grouped_, queries_.data(), ld_, W_, ld_, ld_, st, row_grads_);
+  stats_.update_seconds += now_seconds() - t0;
+}
+
+// The configuration of a standalone layer: a Model's fields that do not concern it are reset so
+// that its Config says what it is.
+Status check_layer_config(const Config& c, size_t input_dim, size_t labels) {
+  Status st = validate_training_fields(c);
+  if (st.ok()) st = validate_output_fields(c, input_dim);
+  if (!st.ok()) return Status::error("OutputLayer::init: " + st.message());
+  if (input_dim == 0 || input_dim > 65536) return Status::error(strf("OutputLayer::init: input_dim = %zu out of range [1, 65536]", input_dim));
+  if (labels == 0 || labels > 0xFFFFFFFFull) return Status::error(strf("OutputLayer::init: labels = %zu out of range [1, 2^32)", labels));
+  return Status();
+}
+
+// About how many bytes an output layer allocates at its largest: rows and moments, the index,
+// label counts, and the scratch of a batch and of evaluation on `threads` workers.
+uint64_t output_layer_bytes(const Config& c, uint64_t d, uint64_t N, uint64_t threads) {
+  const uint64_t ld = round_up(size_t(d) + 2, 8), B = c.batch_size;
   auto mul = [](uint64_t a, uint64_t b) { return mul_sat(a, b); };
-  uint64_t floats = add_sat(mul(3, mul(D, H)), add_sat(mul(3, H), mul(3, mul(N, ld))));  // weights, m, v
-  floats = add_sat(floats, add_sat(mul(B, 2 * H), mul(B, ld)));                          // act, dact, queries
-  floats = add_sat(floats, mul(threads, add_sat(mul(B, ld), mul(128, ld))));             // per-worker dq, block
-  floats = add_sat(floats, mul(threads, mul(32, N)));                                    // evaluation scores
-  uint64_t ints = add_sat(D, N);                                                          // grouped-gradient slots
+  uint64_t floats = mul(3, mul(N, ld));                                      // rows, m, v
+  floats = add_sat(floats, mul(B, add_sat(ld, d)));                         // queries, dL/dh
+  floats = add_sat(floats, mul(threads, add_sat(mul(B, ld), mul(128, ld))));  // per-worker dq, block
+  floats = add_sat(floats, mul(threads, mul(32, N)));                       // evaluation scores
+  uint64_t ints = mul(3, N);                                                // counts, positions, slots
   if (c.output == OutputMode::full) {
     floats = add_sat(floats, mul(B, N));  // the batch's logits
   } else {
@@ -3440,16 +4199,379 @@ uint64_t model_bytes(const Config& c, uint64_t D, uint64_t N, uint64_t threads) 
     floats = add_sat(floats, add_sat(mul(shared, ld), mul(B, shared)));           // gathered rows, logits
     if (c.exact_retrieval) floats = add_sat(floats, mul(B, N));
     if (c.learn_hash) floats = add_sat(floats, mul(add_sat(c.learn_queries, threads), N));  // mining
-    if (c.scheduler == Scheduler::incremental && c.drift_epsilon > 0) floats = add_sat(floats, mul(N, H + 1));
+    if (c.scheduler == Scheduler::incremental && c.drift_epsilon > 0) floats = add_sat(floats, mul(N, d + 1));
     ints = add_sat(ints, mul(N, mul(2, L)));                        // codes, and the ids in the tables
-    ints = add_sat(ints, mul(N, add_sat(4, threads)));             // detector codes, label counts, positions
+    ints = add_sat(ints, mul(N, add_sat(2, threads)));             // detector codes, query slots
     const uint64_t buckets = std::min<uint64_t>(N, uint64_t(1) << c.K);
     ints = add_sat(ints, mul(L, mul(buckets, 12)));               // bucket headers and directories
   }
   return add_sat(mul(floats, 4), mul(ints, 4));
 }
 
+// Turns a LayerBatch's CSR labels into one LabelList per row, checking them.
+Status layer_labels(const LayerBatch& b, size_t N, std::vector<LabelList>* out) {
+  if (!b.label_offsets) return Status::error("OutputLayer::train: label_offsets is null");
+  if (b.label_offsets[0] != 0) return Status::error("OutputLayer::train: label_offsets[0] must be 0");
+  out->resize(b.rows);
+  std::vector<uint64_t> scratch;
+  for (size_t i = 0; i < b.rows; ++i) {
+    const uint64_t l0 = b.label_offsets[i], l1 = b.label_offsets[i + 1];
+    if (l1 < l0) return Status::error(strf("OutputLayer::train: label_offsets decrease at row %zu", i));
+    if (l1 > l0 && !b.labels) return Status::error("OutputLayer::train: labels is null");
+    const uint32_t* ids = b.labels ? b.labels + l0 : nullptr;
+    std::string fault = row_fault(nullptr, nullptr, 0, ids, size_t(l1 - l0), 1, N, &scratch);
+    if (!fault.empty()) return Status::error(strf("OutputLayer::train: row %zu: ", i) + fault);
+    (*out)[i] = LabelList{ids, size_t(l1 - l0)};
+  }
+  return Status();
+}
+
+// n inputs of d floats (row stride `stride`) are finite with magnitude <= max_feature_value.
+Status check_inputs(const char* where, const float* h, size_t n, size_t stride, size_t d) {
+  if (!h && n) return Status::error(std::string(where) + ": inputs is null");
+  if (stride < d) return Status::error(strf("%s: stride %zu is below input_dim %zu", where, stride, d));
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = 0; j < d; ++j)
+      if (!(std::fabs(h[i * stride + j]) <= kMaxMagnitude))
+        return Status::error(strf("%s: input %zu, unit %zu is %g; inputs must be finite with magnitude <= 1e18", where, i, j,
+                                  double(h[i * stride + j])));
+  return Status();
+}
+
 }  // namespace
+
+struct OutputLayer::Impl {
+  std::unique_ptr<ThreadPool> pool;
+  const Kernels* k = nullptr;
+  OutputCore core;
+  std::vector<LabelList> labels;   // the current batch's
+  std::vector<float> grad;         // dL/dh when the caller wants none
+  mutable std::mutex const_calls;  // inference scratch (const calls may run from several threads)
+  mutable std::vector<OutputCore::InferScratch> scratch;
+  Exec exec() const { return Exec{pool.get(), k}; }
+};
+
+OutputLayer::OutputLayer() = default;
+OutputLayer::~OutputLayer() = default;
+OutputLayer::OutputLayer(OutputLayer&&) noexcept = default;
+OutputLayer& OutputLayer::operator=(OutputLayer&&) noexcept = default;
+
+Status OutputLayer::init(const Config& config, size_t input_dim, size_t labels) {
+  return guard("OutputLayer::init", [&] {
+    Status st = check_layer_config(config, input_dim, labels);
+    if (!st.ok()) return st;
+    const uint32_t threads = resolve_threads(config.threads);
+    const uint64_t need = output_layer_bytes(config, input_dim, labels, threads);
+    if (need > config.max_bytes)
+      return Status::error(strf("OutputLayer::init: %zu inputs x %zu labels need about %llu bytes, over the memory limit "
+                                "of %zu (Config::max_bytes)", input_dim, labels, (unsigned long long)need, config.max_bytes));
+    auto m = std::make_unique<Impl>();
+    m->k = &kernels(config.simd);
+    m->pool = std::make_unique<ThreadPool>(threads);
+    m->scratch.resize(threads);
+    Rng rng(mix_seed(config.seed, 0x0A7Eu));
+    st = m->core.init(config, input_dim, labels, rng, m->exec());
+    if (!st.ok()) return st;
+    impl_ = std::move(m);
+    return Status();
+  });
+}
+
+bool OutputLayer::initialized() const { return impl_ != nullptr; }
+const Config& OutputLayer::config() const {
+  static const Config defaults;
+  return impl_ ? impl_->core.config() : defaults;
+}
+size_t OutputLayer::input_dim() const { return impl_ ? impl_->core.input_dim() : 0; }
+size_t OutputLayer::labels() const { return impl_ ? impl_->core.labels() : 0; }
+const TrainStats& OutputLayer::stats() const {
+  static const TrainStats none;
+  return impl_ ? impl_->core.stats() : none;
+}
+size_t OutputLayer::parameter_bytes() const { return impl_ ? size_t(impl_->core.bytes()) : 0; }
+const float* OutputLayer::weights() const { return impl_ ? impl_->core.weights() : nullptr; }
+size_t OutputLayer::row_stride() const { return impl_ ? impl_->core.stride() : 0; }
+
+Status OutputLayer::train(const LayerBatch& batch, float* loss, float* grad, size_t grad_stride) {
+  if (!impl_) return Status::error("OutputLayer::train: the layer is not initialized (call init)");
+  return guard("OutputLayer::train", [&] {
+    Impl& m = *impl_;
+    const size_t d = m.core.input_dim();
+    if (batch.rows == 0) return Status::error("OutputLayer::train: the batch has no rows");
+    const size_t stride = batch.stride ? batch.stride : d;
+    Status st = check_inputs("OutputLayer::train", batch.inputs, batch.rows, stride, d);
+    if (!st.ok()) return st;
+    st = layer_labels(batch, m.core.labels(), &m.labels);
+    if (!st.ok()) return st;
+    if (grad && grad_stride == 0) grad_stride = d;
+    if (grad && grad_stride < d) return Status::error(strf("OutputLayer::train: grad_stride %zu is below input_dim %zu", grad_stride, d));
+    if (!grad) {
+      m.grad.resize(batch.rows * d);
+      grad = m.grad.data();
+      grad_stride = d;
+    }
+    double l = 0;
+    try {
+      st = m.core.train(batch.inputs, stride, batch.rows, m.labels.data(), grad, grad_stride, &l, m.exec());
+    } catch (...) {
+      Status why = guard("OutputLayer::train", []() -> Status { throw; });
+      return Status::error(why.message() + (m.core.interrupted_update()
+                                                ? " (the batch was interrupted while updating the weights: it may be partly applied)"
+                                                : " (the layer is unchanged)"));
+    }
+    if (st.ok() && loss) *loss = float(l);
+    return st;
+  });
+}
+
+Status OutputLayer::topk(const float* inputs, size_t n, size_t stride, size_t k, InferMode mode,
+                         std::vector<std::vector<Scored>>* out, double* mean_candidates) const {
+  if (!impl_) return Status::error("OutputLayer::topk: the layer is not initialized (call init)");
+  if (!out) return Status::error("OutputLayer::topk: out is null");
+  if (k == 0) return Status::error("OutputLayer::topk: k must be >= 1");
+  return guard("OutputLayer::topk", [&] {
+    const Impl& m = *impl_;
+    const size_t d = m.core.input_dim();
+    if (mode != InferMode::full && mode != InferMode::lsh) return Status::error("OutputLayer::topk: mode is not an InferMode");
+    if (mode == InferMode::lsh && !m.core.lsh()) return Status::error("OutputLayer::topk: InferMode::lsh needs an lsh layer");
+    if (!stride) stride = d;
+    Status st = check_inputs("OutputLayer::topk", inputs, n, stride, d);
+    if (!st.ok()) return st;
+    std::lock_guard<std::mutex> lock(m.const_calls);
+    const Exec x = m.exec();
+    std::vector<TopK> tops(n, TopK(k));
+    std::vector<double> candidates(n, 0.0);
+    const size_t chunk = 32;
+    x.chunks(n, chunk, [&](size_t i0, size_t i1, uint32_t w) {
+      m.core.infer(inputs + i0 * stride, stride, i1 - i0, mode, m.scratch[w], tops.data() + i0, &candidates[i0], *m.k);
+    });
+    out->assign(n, {});
+    double total = 0;
+    for (size_t i = 0; i < n; ++i) {
+      (*out)[i] = std::move(tops[i].items);
+      total += candidates[i];
+    }
+    if (mean_candidates) *mean_candidates = n ? total / double(n) : 0.0;
+    return Status();
+  });
+}
+
+Status OutputLayer::retrieval_recall(const float* inputs, size_t n, size_t stride, size_t k, double* recall,
+                                     double* mean_retrieved) const {
+  if (!impl_) return Status::error("OutputLayer::retrieval_recall: the layer is not initialized (call init)");
+  if (!recall || !mean_retrieved) return Status::error("OutputLayer::retrieval_recall: output pointers are null");
+  return guard("OutputLayer::retrieval_recall", [&] {
+    const Impl& m = *impl_;
+    const size_t d = m.core.input_dim();
+    if (!m.core.lsh()) return Status::error("OutputLayer::retrieval_recall: needs an lsh layer");
+    if (k < 1 || k > m.core.labels())
+      return Status::error(strf("OutputLayer::retrieval_recall: k = %zu out of range [1, %zu]", k, m.core.labels()));
+    if (n == 0) return Status::error("OutputLayer::retrieval_recall: no inputs to measure");
+    if (!stride) stride = d;
+    Status st = check_inputs("OutputLayer::retrieval_recall", inputs, n, stride, d);
+    if (!st.ok()) return st;
+    std::lock_guard<std::mutex> lock(m.const_calls);
+    std::vector<double> found(n, 0.0), kept(n, 0.0);
+    m.pool->run(n, [&](size_t i, uint32_t w) {
+      size_t retrieved = 0;
+      found[i] = double(m.core.recall_one(inputs + i * stride, k, m.scratch[w], &retrieved, *m.k));
+      kept[i] = double(retrieved);
+    });
+    double f = 0, r = 0;
+    for (size_t i = 0; i < n; ++i) {
+      f += found[i];
+      r += kept[i];
+    }
+    *recall = f / double(n * k);
+    *mean_retrieved = r / double(n);
+    return Status();
+  });
+}
+
+Status OutputLayer::refresh() {
+  if (!impl_) return Status::error("OutputLayer::refresh: the layer is not initialized (call init)");
+  return guard("OutputLayer::refresh", [&] {
+    impl_->core.refresh(impl_->exec());
+    return Status();
+  });
+}
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Model
+//-----------------------------------------------------------------------------------------------
+// An input layer, the hidden stack and an output layer on one thread pool. A training batch:
+// forward through the input layer and the stack, the output layer's own step (loss, dL/dh, its
+// update and table upkeep), then back through the stack and the input layer, each updating
+// itself. All layers share the step counter, so Adam's bias correction is the same everywhere.
+
+namespace {
+
+// Adds to hits_at[0..3) how many of the first 1, 3 and 5 predictions are true labels.
+void accumulate_precision(const std::vector<Scored>& top, const Dataset::Row& row, double* hits_at) {
+  size_t found = 0;
+  for (size_t i = 0; i < 5; ++i) {
+    if (i < top.size() && std::find(row.labels, row.labels + row.num_labels, top[i].label) != row.labels + row.num_labels)
+      ++found;
+    if (i == 0) hits_at[0] += double(found);
+    if (i == 2) hits_at[1] += double(found);
+    if (i == 4) hits_at[2] += double(found);
+  }
+}
+
+// About how many bytes a network of this shape allocates at its largest: every layer's weights
+// and Adam moments, the output layer's index, and the scratch of a batch and of evaluation on
+// `threads` workers. Saturates instead of overflowing, so absurd shapes compare as huge.
+uint64_t model_bytes(const Config& c, uint64_t D, uint64_t N, uint64_t threads) {
+  const uint64_t H = c.hidden, B = c.batch_size;
+  auto mul = [](uint64_t a, uint64_t b) { return mul_sat(a, b); };
+  uint64_t floats = mul(3, add_sat(mul(D, H), H));                     // input layer, m, v
+  floats = add_sat(floats, add_sat(mul(B, 2 * H), mul(threads, mul(64, H))));  // act, dact, eval
+  uint64_t ints = D;                                                    // grouped-gradient slots
+  if (c.input == InputKind::dense) floats = add_sat(floats, add_sat(mul(B, D), mul(threads, mul(64, add_sat(D, H)))));
+  uint64_t in = H;
+  for (uint32_t w : c.hidden_layers) {
+    floats = add_sat(floats, add_sat(mul(3, add_sat(mul(in, w), w)), mul(add_sat(mul(B, 3), mul(threads, 64)), w)));
+    in = w;
+  }
+  return add_sat(add_sat(mul(floats, 4), mul(ints, 4)), output_layer_bytes(c, in, N, threads));
+}
+
+}  // namespace
+
+struct Model::Impl {
+  Config cfg;
+  size_t D = 0, N = 0;
+  const Kernels* k = nullptr;
+  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<InputLayer> input;
+  DenseStack stack;
+  OutputCore output;
+  uint64_t step = 0, epoch = 0;
+  TrainStats own;     // what the network itself counts: batches, examples, epochs, seconds, loss,
+                      // hidden_seconds, the input layer's and the stack's update_seconds
+  TrainStats merged;  // own + the output layer's: what stats() shows
+  bool update_started = false;  // this batch wrote some input or hidden weights
+
+  // Per batch.
+  std::vector<Dataset::Row> rows;
+  std::vector<LabelList> labels;
+  std::vector<float> act, dact;   // the input layer's activations and their gradient, B x H
+  std::vector<float> top_grad;    // dL/d(the stack's output), B x d (when there is a stack)
+
+  // Inference scratch of one worker (const calls take the lock; predict brings its own).
+  struct InferBuffers {
+    std::vector<Dataset::Row> rows;
+    std::vector<float> act, top, stack_scratch, input_scratch;
+    OutputCore::InferScratch out;
+  };
+  mutable std::mutex const_calls;
+  mutable std::vector<InferBuffers> infer_buffers;
+
+  Exec exec() const { return Exec{pool.get(), k}; }
+  size_t H() const { return input->width(); }
+  size_t top_width() const { return stack.out_width(H()); }
+
+  void merge_stats() {
+    merged = output.stats();
+    merged.batches = own.batches;
+    merged.examples = own.examples;
+    merged.epochs = own.epochs;
+    merged.seconds = own.seconds;
+    merged.mean_loss_last_epoch = own.mean_loss_last_epoch;
+    merged.hidden_seconds = own.hidden_seconds;
+    merged.update_seconds += own.update_seconds;
+  }
+
+  // The inputs of the output layer for n rows (n x top_width()), on b's buffers.
+  const float* infer_rows(const Dataset::Row* r, size_t n, InferBuffers& b) const {
+    b.act.resize(n * H());
+    input->infer(r, n, b.act.data(), &b.input_scratch, *k);
+    if (stack.empty()) return b.act.data();
+    b.top.resize(n * top_width());
+    stack.infer(b.act.data(), n, b.top.data(), &b.stack_scratch, *k);
+    return b.top.data();
+  }
+
+  Status train_batch(const Dataset& data, const uint32_t* idx, size_t B, float* loss_out);
+
+  // train_batch with a promise for failures: an exception before any weight was written leaves
+  // the model as it was (the output layer undoes its own counts); after, the error says so.
+  Status train_batch_safely(const Dataset& data, const uint32_t* idx, size_t B, float* loss_out) {
+    update_started = false;
+    const uint64_t step_before = step;
+    try {
+      return train_batch(data, idx, B, loss_out);
+    } catch (...) {
+      Status why = guard("Model: training", []() -> Status { throw; });
+      if (update_started || output.interrupted_update())
+        return Status::error(why.message() + " (the batch was interrupted while updating the weights: it may be partly applied)");
+      step = step_before;
+      return Status::error(why.message() + " (the model is unchanged)");
+    }
+  }
+};
+
+Status Model::Impl::train_batch(const Dataset& data, const uint32_t* idx, size_t B, float* loss_out) {
+  const double start = now_seconds();
+  const Exec x = exec();
+  rows.resize(B);
+  labels.resize(B);
+  size_t labelled = 0;
+  for (size_t e = 0; e < B; ++e) {
+    rows[e] = data.row(idx[e]);
+    labels[e] = LabelList{rows[e].labels, rows[e].num_labels};
+    labelled += rows[e].num_labels > 0;
+  }
+  if (labelled == 0) {  // nothing to learn from; not an error
+    if (loss_out) *loss_out = 0;
+    return Status();
+  }
+  // Input values were validated by the entry point (finite, magnitude <= max_feature_value).
+  const size_t h = H(), d = top_width();
+  act.resize(B * h);
+  dact.resize(B * h);
+  ++step;
+  const AdamStep st = AdamStep::at(cfg.learning_rate, cfg.beta1, cfg.beta2, cfg.adam_eps, step);
+  double t0 = now_seconds();
+  input->forward(rows.data(), B, act.data(), x);
+  const float* top = stack.forward(act.data(), B, x);
+  own.hidden_seconds += now_seconds() - t0;
+  for (size_t e = 0; e < B; ++e)
+    for (size_t i = 0; i < d; ++i)
+      if (!(top[e * d + i] <= kMaxMagnitude)) {
+        --step;
+        return Status::error(strf("training refused at batch %llu: hidden unit %zu of row %u is %g, above 1e18 "
+                                  "(inputs too large or weights diverged); the model is unchanged",
+                                  (unsigned long long)(own.batches + 1), i, idx[e], double(top[e * d + i])));
+      }
+  float* grad = dact.data();
+  if (!stack.empty()) {
+    top_grad.resize(B * d);
+    grad = top_grad.data();
+  }
+  double loss = 0;
+  Status result = output.train(top, d, B, labels.data(), grad, d, &loss, x);
+  if (!result.ok()) {
+    --step;
+    return result;
+  }
+  update_started = true;
+  t0 = now_seconds();
+  if (!stack.empty()) stack.backward_update(act.data(), B, top_grad.data(), dact.data(), st, x);
+  input->backward_update(rows.data(), B, act.data(), dact.data(), st, x);
+  own.update_seconds += now_seconds() - t0;
+  ++own.batches;
+  own.examples += labelled;
+  own.seconds += now_seconds() - start;
+  merge_stats();
+  if (loss_out) *loss_out = float(loss);
+  return Status();
+}
+
+Model::Model() = default;
+Model::~Model() = default;
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
 
 Status Model::init(const Config& config, size_t features, size_t labels) {
   return guard("Model::init", [&] { return init_checked(config, features, labels); });
@@ -3470,41 +4592,17 @@ Status Model::init_checked(const Config& config, size_t features, size_t labels)
   m->cfg = config;
   m->D = features;
   m->N = labels;
-  m->H = config.hidden;
-  m->ld = round_up(m->H + 2, 8);  // room for the MIPS coordinate (always 0 in queries and rows)
   m->k = &kernels(config.simd);
   m->pool = std::make_unique<ThreadPool>(threads);
-  m->workers.resize(m->pool->size());
+  m->infer_buffers.resize(threads);
+  // One stream for every layer's weights, in order: input, hidden, output.
   Rng rng(mix_seed(config.seed, 0x1417u));
-  // As PyTorch's Linear: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)). The small
-  // input-layer scale (fan_in = D) matters: larger starts over-fit sooner on sparse counts.
-  auto uniform = [&](float bound) { return (2.0f * rng.uniform() - 1.0f) * bound; };
-  float s1 = 1.0f / std::sqrt(float(m->D));
-  m->W1.resize(m->D * m->H);
-  for (auto& w : m->W1) w = uniform(s1);
-  m->b1.resize(m->H);
-  for (auto& b : m->b1) b = uniform(s1);
-  m->W2.assign(m->N * m->ld, 0.0f);
-  float s2 = 1.0f / std::sqrt(float(m->H));
-  for (size_t j = 0; j < m->N; ++j)
-    for (size_t i = 0; i <= m->H; ++i) m->W2[j * m->ld + i] = uniform(s2);
-  m->W1_m.assign(m->W1.size(), 0.0f);
-  m->W1_v.assign(m->W1.size(), 0.0f);
-  m->b1_m.assign(m->H, 0.0f);
-  m->b1_v.assign(m->H, 0.0f);
-  m->W2_m.assign(m->W2.size(), 0.0f);
-  m->W2_v.assign(m->W2.size(), 0.0f);
-  if (config.output == OutputMode::lsh) {
-    st = m->init_hashing();
-    if (!st.ok()) return st;
-    m->rebuild_tables();
-    m->stats.rehashes = 0;  // the initial build is not a re-hash
-    m->stats.rehash_seconds = 0;
-    m->next_new_hash = config.new_hash_every;
-    m->next_check = config.check_every;
-    m->next_learn = config.learn_every;
-    m->schedule_next_rehash();
-  }
+  m->input = make_input_layer(config.input);
+  m->input->init(features, config.hidden, rng, threads);
+  m->stack.init(config.hidden, config.hidden_layers, rng, threads);
+  st = m->output.init(config, m->top_width(), labels, rng, m->exec());
+  if (!st.ok()) return st;
+  m->merge_stats();
   impl_ = std::move(m);
   return Status();
 }
@@ -3518,20 +4616,20 @@ size_t Model::features() const { return impl_ ? impl_->D : 0; }
 size_t Model::labels() const { return impl_ ? impl_->N : 0; }
 const TrainStats& Model::stats() const {
   static const TrainStats none;
-  return impl_ ? impl_->stats : none;
+  return impl_ ? impl_->merged : none;
 }
 
 namespace {
 // The dataset fits the model and is valid: every row when rows is null, else rows[0..n).
-Status check_compatible(const Model::Impl& m, const Dataset& data, const char* where, const uint32_t* rows = nullptr,
+Status check_compatible(const Model& m, const Dataset& data, const char* where, const uint32_t* rows = nullptr,
                         size_t n = 0) {
   Status st = check_dataset_shape(data);
   if (!st.ok()) return Status::error(std::string(where) + ": " + st.message());
   const std::string name = data.source.empty() ? std::string("the dataset") : data.source;
-  if (data.features > m.D)
-    return Status::error(strf("%s: %s has %zu features but the model takes %zu", where, name.c_str(), data.features, m.D));
-  if (data.labels > m.N)
-    return Status::error(strf("%s: %s has %zu labels but the model has %zu outputs", where, name.c_str(), data.labels, m.N));
+  if (data.features > m.features())
+    return Status::error(strf("%s: %s has %zu features but the model takes %zu", where, name.c_str(), data.features, m.features()));
+  if (data.labels > m.labels())
+    return Status::error(strf("%s: %s has %zu labels but the model has %zu outputs", where, name.c_str(), data.labels, m.labels()));
   std::vector<uint64_t> scratch;
   const size_t count = rows ? n : data.rows;
   for (size_t i = 0; i < count; ++i) {
@@ -3548,7 +4646,7 @@ Status Model::train_batch(const Dataset& data, const uint32_t* rows, size_t n, f
   if (!impl_) return Status::error("Model::train_batch: the model is not initialized (call init)");
   if (!rows || n == 0) return Status::error("Model::train_batch: no rows given");
   return guard("Model::train_batch", [&] {
-    Status st = check_compatible(*impl_, data, "Model::train_batch", rows, n);
+    Status st = check_compatible(*this, data, "Model::train_batch", rows, n);
     if (!st.ok()) return st;
     return impl_->train_batch_safely(data, rows, n, loss);
   });
@@ -3560,7 +4658,7 @@ Status Model::train_epoch(const Dataset& data) {
 }
 
 Status Model::train_epoch_checked(const Dataset& data) {
-  Status st = check_compatible(*impl_, data, "Model::train_epoch");
+  Status st = check_compatible(*this, data, "Model::train_epoch");
   if (!st.ok()) return st;
   Impl& m = *impl_;
   std::vector<uint32_t> order(data.rows);
@@ -3578,7 +4676,7 @@ Status Model::train_epoch_checked(const Dataset& data) {
     if (!st.ok()) return st;
     loss_sum += loss;
     ++p.batch;
-    p.seconds = m.stats.seconds;
+    p.seconds = m.own.seconds;
     p.mean_loss = loss_sum / double(p.batch);
     if (!m.cfg.on_progress) continue;
     bool go_on = true;
@@ -3591,13 +4689,11 @@ Status Model::train_epoch_checked(const Dataset& data) {
     }
     if (!go_on) break;
   }
-  // With every neuron active the tables are not kept during training; bring them up to date once
-  // per epoch so that InferMode::lsh and retrieval_recall still answer from current weights.
-  if (m.cfg.output == OutputMode::lsh && m.all_active()) m.rebuild_tables();
-  if (m.cfg.output == OutputMode::lsh) m.refresh_shortlist();
+  m.output.refresh(m.exec());
   ++m.epoch;
-  ++m.stats.epochs;
-  m.stats.mean_loss_last_epoch = p.batch ? loss_sum / double(p.batch) : 0.0;
+  ++m.own.epochs;
+  m.own.mean_loss_last_epoch = p.batch ? loss_sum / double(p.batch) : 0.0;
+  m.merge_stats();
   return Status();
 }
 
@@ -3609,45 +4705,25 @@ Status Model::evaluate(const Dataset& data, InferMode mode, Metrics* out) const 
 
 Status Model::evaluate_checked(const Dataset& data, InferMode mode, Metrics* out) const {
   if (mode != InferMode::full && mode != InferMode::lsh) return Status::error("Model::evaluate: mode is not an InferMode");
-  Status st = check_compatible(*impl_, data, "Model::evaluate");
+  Status st = check_compatible(*this, data, "Model::evaluate");
   if (!st.ok()) return st;
   const Impl& m = *impl_;
   if (mode == InferMode::lsh && m.cfg.output != OutputMode::lsh)
     return Status::error("Model::evaluate: InferMode::lsh needs a model trained with OutputMode::lsh");
   std::lock_guard<std::mutex> lock(m.const_calls);
-  double t0 = now_seconds();
+  const double t0 = now_seconds();
   const size_t chunk = mode == InferMode::full ? 32 : 64;
   const size_t tasks = (data.rows + chunk - 1) / chunk;
   std::vector<double> hits(tasks * 3, 0.0), candidates(tasks, 0.0);
-  auto& self = const_cast<Impl&>(m);  // per-worker scratch only; weights are not touched
-  self.pool->run(tasks, [&](size_t t, uint32_t wi) {
-    size_t r0 = t * chunk, r1 = std::min(data.rows, r0 + chunk), n = r1 - r0;
-    Impl::Worker& w = self.workers[wi];
-    std::vector<float>& q = w.eval_queries;
-    std::vector<float>& scores = w.eval_scores;
-    std::vector<float> h(m.H);
-    q.resize(n * m.ld);
-    for (size_t r = r0; r < r1; ++r) m.hidden_one(data.row(r), h.data(), &q[(r - r0) * m.ld]);
-    TopK top(5);
-    if (mode == InferMode::full) {
-      // One GEMM per chunk streams W2 once for `chunk` examples.
-      if (scores.size() < n * m.N) scores.resize(n * m.N);
-      m.k->gemm_nt(n, m.N, m.ld, q.data(), m.ld, m.W2.data(), m.ld, scores.data(), m.N);
-      for (size_t i = 0; i < n; ++i) {
-        top.items.clear();
-        const float* s = scores.data() + i * m.N;
-        for (size_t j = 0; j < m.N; ++j) top.offer(uint32_t(j), s[j]);
-        accumulate_precision(top.items, data.row(r0 + i), &hits[t * 3]);
-      }
-      candidates[t] = double(n * m.N);
-    } else {
-      for (size_t i = 0; i < n; ++i) {
-        size_t c = 0;
-        m.predict_one(&q[i * m.ld], 5, mode, w, scores, top, &c);
-        accumulate_precision(top.items, data.row(r0 + i), &hits[t * 3]);
-        candidates[t] += double(c);
-      }
-    }
+  m.pool->run(tasks, [&](size_t t, uint32_t wi) {
+    Impl::InferBuffers& b = m.infer_buffers[wi];
+    const size_t r0 = t * chunk, r1 = std::min(data.rows, r0 + chunk), n = r1 - r0;
+    b.rows.resize(n);
+    for (size_t r = r0; r < r1; ++r) b.rows[r - r0] = data.row(r);
+    const float* h = m.infer_rows(b.rows.data(), n, b);
+    std::vector<TopK> tops(n, TopK(5));
+    m.output.infer(h, m.top_width(), n, mode, b.out, tops.data(), &candidates[t], *m.k);
+    for (size_t i = 0; i < n; ++i) accumulate_precision(tops[i].items, b.rows[i], &hits[t * 3]);
   });
   double h1 = 0, h3 = 0, h5 = 0, cand = 0;
   for (size_t t = 0; t < tasks; ++t) {
@@ -3658,12 +4734,12 @@ Status Model::evaluate_checked(const Dataset& data, InferMode mode, Metrics* out
   }
   Metrics r;
   r.rows = data.rows;
-  double rows = data.rows ? double(data.rows) : 1.0;
+  const double rows = data.rows ? double(data.rows) : 1.0;
   r.p_at_1 = h1 / rows;
   r.p_at_3 = h3 / (3 * rows);
   r.p_at_5 = h5 / (5 * rows);
   r.seconds = now_seconds() - t0;
-  r.ms_per_example = 1000.0 * r.seconds * double(m.threads()) / rows;
+  r.ms_per_example = 1000.0 * r.seconds * double(m.pool->size()) / rows;
   r.mean_candidates = cand / rows;
   *out = r;
   return Status();
@@ -3678,26 +4754,21 @@ Status Model::retrieval_recall(const Dataset& data, size_t max_rows, size_t topk
 
 Status Model::retrieval_recall_checked(const Dataset& data, size_t max_rows, size_t topk, double* recall,
                                        double* mean_retrieved) const {
-  Status st = check_compatible(*impl_, data, "Model::retrieval_recall");
+  Status st = check_compatible(*this, data, "Model::retrieval_recall");
   if (!st.ok()) return st;
   const Impl& m = *impl_;
   if (m.cfg.output != OutputMode::lsh) return Status::error("Model::retrieval_recall: needs an lsh model");
   if (topk < 1 || topk > m.N) return Status::error(strf("Model::retrieval_recall: k = %zu out of range [1, %zu]", topk, m.N));
-  size_t rows = std::min(max_rows, data.rows);
+  const size_t rows = std::min(max_rows, data.rows);
   if (rows == 0) return Status::error("Model::retrieval_recall: no rows to measure");
   std::vector<double> found(rows, 0.0), retrieved(rows, 0.0);
   std::lock_guard<std::mutex> lock(m.const_calls);
-  auto& self = const_cast<Impl&>(m);  // per-worker scratch only
-  self.pool->run(rows, [&](size_t i, uint32_t wi) {
-    Impl::Worker& w = self.workers[wi];
-    size_t r = i * data.rows / rows;  // spread over the file, never a prefix
-    std::vector<float> h(m.H), q(m.ld);
-    m.hidden_one(data.row(r), h.data(), q.data());
-    std::vector<float>& scores = w.eval_scores;
-    if (scores.size() < m.N) scores.resize(m.N);
-    m.k->gemm_nt(1, m.N, m.ld, q.data(), m.ld, m.W2.data(), m.ld, scores.data(), m.N);
+  m.pool->run(rows, [&](size_t i, uint32_t wi) {
+    Impl::InferBuffers& b = m.infer_buffers[wi];
+    const Dataset::Row row = data.row(i * data.rows / rows);  // spread over the file, never a prefix
+    const float* h = m.infer_rows(&row, 1, b);
     size_t kept = 0;
-    found[i] = double(m.top_k_retrieved(q.data(), scores.data(), topk, w, &kept));
+    found[i] = double(m.output.recall_one(h, topk, b.out, &kept, *m.k));
     retrieved[i] = double(kept);
   });
   double f = 0, n = 0;
@@ -3728,13 +4799,12 @@ Status Model::predict_checked(const uint32_t* ids, const float* values, size_t n
   std::vector<uint64_t> scratch;
   std::string fault = row_fault(ids, values, nnz, nullptr, 0, m.D, m.N, &scratch);
   if (!fault.empty()) return Status::error("Model::predict: " + fault);
-  Dataset::Row row{ids, values, nnz, nullptr, 0};
-  std::vector<float> h(m.H), q(m.ld), scores;
-  m.hidden_one(row, h.data(), q.data());
+  const Dataset::Row row{ids, values, nnz, nullptr, 0};
+  Impl::InferBuffers b;  // own scratch: predict may run concurrently with other const calls
+  const float* h = m.infer_rows(&row, 1, b);
   TopK top(topk);
-  Impl::Worker w;  // own scratch: predict may run concurrently with other const calls
-  size_t c = 0;
-  m.predict_one(q.data(), topk, mode, w, scores, top, &c);
+  double candidates = 0;
+  m.output.infer(h, m.top_width(), 1, mode, b.out, &top, &candidates, *m.k);
   *out = top.items;
   return Status();
 }
@@ -3742,201 +4812,498 @@ Status Model::predict_checked(const uint32_t* ids, const float* values, size_t n
 Model::Weights Model::weights() const {
   Weights w;
   if (!impl_) return w;
-  w.W1 = impl_->W1.data();
-  w.b1 = impl_->b1.data();
-  w.W2 = impl_->W2.data();
-  w.features = impl_->D;
-  w.hidden = impl_->H;
-  w.labels = impl_->N;
-  w.output_stride = impl_->ld;
+  const Impl& m = *impl_;
+  w.W1 = m.input->weights();
+  w.b1 = m.input->bias();
+  w.W2 = m.output.weights();
+  w.features = m.D;
+  w.hidden = m.H();
+  w.labels = m.N;
+  w.output_stride = m.output.stride();
+  for (size_t l = 0; l < m.stack.size(); ++l) w.hidden_layers.push_back(m.stack.view(l));
   return w;
 }
 
 size_t Model::parameter_bytes() const {
   if (!impl_) return 0;
   const Impl& m = *impl_;
-  size_t floats = m.W1.size() * 3 + m.b1.size() * 3 + m.W2.size() * 3;
-  return floats * sizeof(float) + m.tables.bytes_used() + m.item_codes.size() * sizeof(uint32_t);
+  return size_t(m.input->bytes() + m.stack.bytes() + m.output.bytes());
 }
-
 
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Model I/O
 //-----------------------------------------------------------------------------------------------
+// Each component's state goes through its own interface: the layers list their float arrays
+// (state()), the output layer its index (index_state(), restore()); this section frames them
+// into checksummed sections (SectionWriter, SectionReader: [SECTION] Files) and checks every size
+// against the file and the memory budget before anything is allocated.
 
 namespace {
 
-struct Crc32cTable {
-  uint32_t t[256];
-  constexpr Crc32cTable() : t() {
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-      t[i] = c;
-    }
-  }
-};
-constexpr Crc32cTable kCrc32c{};
-
-constexpr uint32_t kFormatVersion = 3;
+constexpr uint32_t kFormatVersion = 4;
 constexpr char kMagic[8] = {'M', 'O', 'N', 'G', 'O', 'O', 'S', 'E'};
 
-bool host_is_little_endian() {
-  const uint32_t one = 1;
-  unsigned char b;
-  std::memcpy(&b, &one, 1);
-  return b == 1;
+// ---- Version 4: NETW (the network) and OUTC (the output layer). ----
+
+void encode_training(const Config& c, Bytes& b) {
+  b.f32(c.learning_rate); b.f32(c.beta1); b.f32(c.beta2); b.f32(c.adam_eps);
+  b.u32(c.batch_size); b.u32(c.threads); b.u64(c.seed); b.u32(uint32_t(c.simd));
+}
+void decode_training(BytesReader& b, Config* c) {
+  c->learning_rate = b.f32(); c->beta1 = b.f32(); c->beta2 = b.f32(); c->adam_eps = b.f32();
+  c->batch_size = b.u32(); c->threads = b.u32(); c->seed = b.u64(); c->simd = Simd(b.u32());
 }
 
-// Little-endian encoding of scalars into a byte string (the CONF section).
-struct Bytes {
-  std::string b;
-  void u32(uint32_t v) { for (int i = 0; i < 4; ++i) b += char((v >> (8 * i)) & 0xFF); }
-  void u64(uint64_t v) { for (int i = 0; i < 8; ++i) b += char((v >> (8 * i)) & 0xFF); }
-  void f32(float f) { uint32_t v; std::memcpy(&v, &f, 4); u32(v); }
+// NETW: input kind, features, hidden, the hidden stack's widths, training settings, step, epoch,
+// flags (bit 0: optimizer state follows each layer's weights).
+std::string encode_network(const Config& c, uint64_t features, uint64_t step, uint64_t epoch, bool optimizer) {
+  Bytes b;
+  b.u32(uint32_t(c.input)); b.u64(features); b.u32(c.hidden); b.u32(uint32_t(c.hidden_layers.size()));
+  for (uint32_t w : c.hidden_layers) b.u32(w);
+  encode_training(c, b);
+  b.u64(step); b.u64(epoch); b.u32(optimizer ? 1u : 0u);
+  return b.b;
+}
+// NETW's size for a stack of `layers` hidden layers (from the encoder itself, so they agree).
+size_t network_bytes(size_t layers) {
+  Config c;
+  c.hidden_layers.assign(layers, 1);
+  return encode_network(c, 1, 0, 0, false).size();
+}
+
+struct OutputShape {
+  uint64_t d = 0, N = 0, ld = 0, step = 0, generation = 0;
+  bool optimizer = false;
 };
 
-struct BytesReader {
-  const unsigned char* p;
-  size_t n, pos = 0;
-  uint32_t u32() { uint32_t v = 0; for (int i = 0; i < 4; ++i) v |= uint32_t(p[pos + i]) << (8 * i); pos += 4; return v; }
-  uint64_t u64() { uint64_t v = 0; for (int i = 0; i < 8; ++i) v |= uint64_t(p[pos + i]) << (8 * i); pos += 8; return v; }
-  float f32() { uint32_t v = u32(); float f; std::memcpy(&f, &v, 4); return f; }
+// OUTC: every output-layer setting, the training settings, shapes and counters.
+std::string encode_output(const Config& c, const OutputShape& s) {
+  Bytes b;
+  b.u32(uint32_t(c.output)); b.u32(uint32_t(c.hash)); b.u32(c.K); b.u32(c.L); b.f32(c.hash_density);
+  b.u32(c.bucket_capacity); b.u32(uint32_t(c.bucket_policy)); b.u32(c.min_active); b.u32(c.max_active);
+  b.u32(c.rehash_every); b.f32(c.rehash_decay); b.u32(c.new_hash_every); b.u32(uint32_t(c.scheduler));
+  b.u32(c.check_every); b.u32(c.detector_bits); b.u32(c.detector_sample); b.f32(c.tau);
+  b.f32(c.full_rebuild_fraction); b.f32(c.drift_epsilon); b.u32(c.learn_hash); b.u32(c.learn_every);
+  b.u32(c.learn_queries); b.u32(c.hash_steps); b.f32(c.hash_lr); b.u32(c.hash_binarize); b.u32(uint32_t(c.hash_loss));
+  b.f32(c.triplet_margin); b.f32(c.tail_drift); b.u32(c.infer_shortlist);
+  // bit 0: sampling_correction; bit 1: exact_retrieval; bit 2: optimizer state saved
+  b.u32((c.sampling_correction ? 1u : 0u) | (c.exact_retrieval ? 2u : 0u) | (s.optimizer ? 4u : 0u));
+  encode_training(c, b);
+  b.u64(s.d); b.u64(s.N); b.u64(s.ld); b.u64(s.step); b.u64(s.generation);
+  return b.b;
+}
+size_t output_config_bytes() { return encode_output(Config(), OutputShape()).size(); }
+
+Status decode_output(const std::vector<unsigned char>& bytes, Config* c, OutputShape* s, const SectionReader& r) {
+  BytesReader b{bytes.data(), bytes.size()};
+  c->output = OutputMode(b.u32()); c->hash = HashFamily(b.u32()); c->K = b.u32(); c->L = b.u32(); c->hash_density = b.f32();
+  c->bucket_capacity = b.u32(); c->bucket_policy = BucketPolicy(b.u32()); c->min_active = b.u32(); c->max_active = b.u32();
+  c->rehash_every = b.u32(); c->rehash_decay = b.f32(); c->new_hash_every = b.u32(); c->scheduler = Scheduler(b.u32());
+  c->check_every = b.u32(); c->detector_bits = b.u32(); c->detector_sample = b.u32(); c->tau = b.f32();
+  c->full_rebuild_fraction = b.f32(); c->drift_epsilon = b.f32(); c->learn_hash = b.u32() != 0; c->learn_every = b.u32();
+  c->learn_queries = b.u32(); c->hash_steps = b.u32(); c->hash_lr = b.f32(); c->hash_binarize = b.u32() != 0;
+  c->hash_loss = HashLoss(b.u32()); c->triplet_margin = b.f32(); c->tail_drift = b.f32(); c->infer_shortlist = b.u32();
+  const uint32_t flags = b.u32();
+  if (flags & ~7u) return r.fail("OUTC: unknown flags (written by a newer version?)");
+  c->sampling_correction = (flags & 1) != 0;
+  c->exact_retrieval = (flags & 2) != 0;
+  s->optimizer = (flags & 4) != 0;
+  decode_training(b, c);
+  s->d = b.u64(); s->N = b.u64(); s->ld = b.u64(); s->step = b.u64(); s->generation = b.u64();
+  return Status();
+}
+
+// The training settings a caller asked for instead of the saved ones, and a thread count the
+// machine can run (a file must not decide how many threads this process starts).
+void apply_load_options(const LoadOptions& o, Config* c) {
+  if (o.override_training) {
+    const Config& t = *o.override_training;
+    c->learning_rate = t.learning_rate; c->beta1 = t.beta1; c->beta2 = t.beta2; c->adam_eps = t.adam_eps;
+    c->batch_size = t.batch_size; c->threads = t.threads; c->simd = t.simd; c->on_progress = t.on_progress;
+  } else if (c->threads > resolve_threads(0)) {
+    c->threads = 0;
+  }
+  c->max_bytes = o.max_bytes;
+}
+
+// Writes the arrays of state(), weights (moment == false) or moments, as one section.
+void write_state(SectionWriter& w, const char tag[4], const std::vector<StateArray>& state, bool moments) {
+  uint64_t n = 0;
+  for (const StateArray& a : state)
+    if (a.moment == moments) n += a.values->size();
+  w.begin(tag, n * 4);
+  for (const StateArray& a : state)
+    if (a.moment == moments) w.floats(a.values->data(), a.values->size());
+  w.end();
+}
+Status read_state(SectionReader& r, const char* tag, const std::vector<StateArray>& state, bool moments) {
+  uint64_t n = 0;
+  for (const StateArray& a : state)
+    if (a.moment == moments) n += a.values->size();
+  Status st = r.expect(tag, n * 4);
+  for (const StateArray& a : state)
+    if (st.ok() && a.moment == moments) st = r.floats(a.values, a.values->size());
+  if (st.ok()) st = r.check_crc();
+  return st;
+}
+
+// A file that load would refuse is never written: every saved value must be finite.
+Status check_finite(const std::string& path, const std::vector<StateArray>& state, bool optimizer) {
+  for (const StateArray& a : state) {
+    if (a.moment && !optimizer) continue;
+    for (size_t i = 0; i < a.values->size(); ++i)
+      if (!std::isfinite((*a.values)[i]))
+        return Status::error(strf("save_model: %s: %s value %zu is not finite (training diverged); nothing was written",
+                                  path.c_str(), a.name, i));
+  }
+  return Status();
+}
+
+// HASH, CODE and FREQ: the index of an lsh output layer (same layout in versions 1 to 4).
+void write_index(SectionWriter& w, const OutputCore::IndexState& s, size_t N) {
+  w.begin("HASH", 4 + s.projection.size() * 4);
+  Bytes nb;
+  nb.f32(s.mips_norm2);
+  w.payload(nb.b.data(), 4);
+  w.floats(s.projection.data(), s.projection.size());
+  w.end();
+  w.begin("CODE", s.codes.size() * 4);
+  w.u32s(s.codes.data(), s.codes.size());
+  w.end();
+  std::vector<uint32_t> counts = s.label_count;
+  counts.resize(N, 0);
+  Bytes ec;
+  ec.u64(s.examples_counted);
+  ec.u32(uint32_t(s.shortlist.size()));
+  w.begin("FREQ", 12 + counts.size() * 4 + s.shortlist.size() * 4);
+  w.payload(ec.b.data(), 12);
+  w.u32s(counts.data(), counts.size());
+  w.u32s(s.shortlist.data(), s.shortlist.size());
+  w.end();
+}
+
+Status read_index(SectionReader& r, const Config& c, uint64_t d, uint64_t N, OutputCore::IndexState* s) {
+  const uint64_t hash_bytes = 4 + (c.hash == HashFamily::simhash ? uint64_t(d + 2) * c.K * c.L * 4 : 0);
+  Status st = r.expect("HASH", hash_bytes);
+  if (!st.ok()) return st;
+  unsigned char nb[4];
+  if (!(st = r.payload(nb, 4)).ok()) return st;
+  BytesReader nr{nb, 4};
+  s->mips_norm2 = nr.f32();
+  if (!(st = r.floats(&s->projection, size_t((hash_bytes - 4) / 4))).ok()) return st;
+  if (!(st = r.check_crc()).ok()) return st;
+  if (!std::isfinite(s->mips_norm2) || s->mips_norm2 < 0) return r.fail("section HASH: the MIPS norm is not a finite non-negative number");
+  if (!(st = r.expect("CODE", N * c.L * 4)).ok()) return st;
+  if (!(st = r.u32s(&s->codes, size_t(N * c.L))).ok()) return st;
+  if (!(st = r.check_crc()).ok()) return st;
+  const uint32_t limit = 1u << c.K;
+  for (size_t i = 0; i < s->codes.size(); ++i)
+    if (s->codes[i] >= limit) return r.fail(strf("section CODE: code %u of neuron %zu is not below 2^K", s->codes[i], i / c.L));
+  uint64_t freq_len = 0;
+  if (!(st = r.expect("FREQ", ~uint64_t(0), &freq_len)).ok()) return st;
+  if (freq_len < 12 + N * 4 || (freq_len - 12 - N * 4) % 4 != 0 || (freq_len - 12 - N * 4) / 4 > N)
+    return r.fail(strf("section FREQ has %llu bytes, which does not fit %llu labels", (unsigned long long)freq_len, (unsigned long long)N));
+  unsigned char eb[12];
+  if (!(st = r.payload(eb, 12)).ok()) return st;
+  BytesReader er{eb, 12};
+  s->examples_counted = er.u64();
+  const uint32_t listed = er.u32();
+  if (uint64_t(listed) * 4 != freq_len - 12 - N * 4) return r.fail("section FREQ: the shortlist length does not match the section size");
+  if (!(st = r.u32s(&s->label_count, size_t(N))).ok()) return st;
+  if (!(st = r.u32s(&s->shortlist, listed)).ok()) return st;
+  if (!(st = r.check_crc()).ok()) return st;
+  for (uint32_t j : s->shortlist)
+    if (j >= N) return r.fail(strf("section FREQ: shortlist label %u out of range [0, %llu)", j, (unsigned long long)N));
+  return Status();
+}
+
+// The output layer's sections after OUTC: OUTW, OUTA (with optimizer state), HASH/CODE/FREQ (lsh).
+uint32_t output_sections(bool lsh, bool optimizer) { return 1 + (optimizer ? 1 : 0) + (lsh ? 3 : 0); }
+void write_output_layer(SectionWriter& w, OutputCore& core, bool optimizer) {
+  const std::vector<StateArray> state = core.state();
+  write_state(w, "OUTW", state, false);
+  if (optimizer) write_state(w, "OUTA", state, true);
+  if (core.lsh()) write_index(w, core.index_state(), core.labels());
+}
+Status read_output_layer(SectionReader& r, OutputCore& core, const Config& c, const OutputShape& s, const Exec& x) {
+  const std::vector<StateArray> state = core.state();
+  Status st = read_state(r, "OUTW", state, false);
+  if (st.ok() && s.optimizer) st = read_state(r, "OUTA", state, true);
+  if (!st.ok()) return st;
+  OutputCore::IndexState index;
+  if (core.lsh() && !(st = read_index(r, c, s.d, s.N, &index)).ok()) return st;
+  index.generation = s.generation;
+  st = core.restore(s.step, &index, x);
+  return st.ok() ? st : r.fail("output layer: " + st.message());
+}
+
+// The END section, nothing after it, and as many sections as the header said.
+Status read_end(SectionReader& r, uint64_t file_size, uint32_t sections) {
+  char tag[5];
+  uint64_t len;
+  Status st = r.next(tag, &len);
+  if (!st.ok()) return st;
+  if (std::strcmp(tag, "END ") != 0 || len != 0) return r.fail(strf("expected the END section, found '%s'", tag));
+  if (!(st = r.check_crc()).ok()) return st;
+  if (r.offset() != file_size) return r.fail("trailing bytes after the END section");
+  if (r.sections_read() != sections)
+    return Status::error(strf("%s: the header declares %u sections but the file has %u (corrupted header)", r.name().c_str(),
+                              sections, r.sections_read()));
+  return Status();
+}
+
+// ---- Opening a file: the header every version shares. ----
+
+struct OpenedFile {
+  std::FILE* f = nullptr;
+  uint64_t size = 0;
+  uint32_t version = 0, sections = 0;
+  ~OpenedFile() {
+    if (f) std::fclose(f);
+  }
 };
 
-// Writes sections to a FILE, each with its CRC-32C.
-class SectionWriter {
- public:
-  explicit SectionWriter(std::FILE* f) : f_(f) {}
-  bool ok() const { return ok_; }
-  void raw(const void* p, size_t n) {
-    if (n) ok_ = ok_ && std::fwrite(p, 1, n, f_) == n;
-  }
+Status open_model_file(const std::string& path, OpenedFile* o) {
+  o->f = std::fopen(path.c_str(), "rb");
+  if (!o->f) return Status::error(strf("%s: cannot open: %s", path.c_str(), std::strerror(errno)));
+  bool is_directory = false;
+  const int64_t size = open_file_size(o->f, &is_directory);
+  if (is_directory) return Status::error(path + ": is a directory, not a model file");
+  if (size < 0) return Status::error(path + ": not a regular file (a model is read from a file whose size is known)");
+  o->size = uint64_t(size);
+  unsigned char head[16];
+  if (o->size < 16) return Status::error(strf("%s: byte 0: file truncated in the file header (needs 16 bytes, %llu left)", path.c_str(),
+                                             (unsigned long long)o->size));
+  if (std::fread(head, 1, 16, o->f) != 16) return Status::error(path + ": read error in the file header");
+  if (std::memcmp(head, kMagic, 8) != 0) return Status::error(path + ": not a mongoose model (wrong magic number)");
+  BytesReader hr{head + 8, 8};
+  o->version = hr.u32();
+  o->sections = hr.u32();
+  if (o->version < 1 || o->version > kFormatVersion)
+    return Status::error(strf("%s: unknown format version %u (this library reads versions 1 to %u)", path.c_str(), o->version, kFormatVersion));
+  if (o->sections < 5 || o->sections > 64) return Status::error(strf("%s: implausible section count %u", path.c_str(), o->sections));
+  return Status();
+}
 
-  void begin(const char tag[4], uint64_t length) {
-    unsigned char head[12];
-    std::memcpy(head, tag, 4);
-    for (int i = 0; i < 8; ++i) head[4 + i] = (unsigned char)((length >> (8 * i)) & 0xFF);
-    crc_ = crc32c(head, sizeof head);
-    raw(head, sizeof head);
-  }
-  void payload(const void* p, size_t n) {
-    if (n == 0) return;
-    crc_ = crc32c(p, n, crc_);
-    raw(p, n);
-  }
-  void floats(const float* v, size_t n) {
-    if (host_is_little_endian()) return payload(v, n * sizeof(float));
-    Bytes b;
-    for (size_t i = 0; i < n; ++i) b.f32(v[i]);
-    payload(b.b.data(), b.b.size());
-  }
-  void u32s(const uint32_t* v, size_t n) {
-    if (host_is_little_endian()) return payload(v, n * sizeof(uint32_t));
-    Bytes b;
-    for (size_t i = 0; i < n; ++i) b.u32(v[i]);
-    payload(b.b.data(), b.b.size());
-  }
-  void end() {
-    Bytes b;
-    b.u32(crc_);
-    raw(b.b.data(), 4);
-  }
+void write_header(SectionWriter& w, uint32_t sections) {
+  Bytes head;
+  head.b.assign(kMagic, 8);
+  head.u32(kFormatVersion);
+  head.u32(sections);
+  w.raw(head.b.data(), head.b.size());
+}
 
- private:
-  std::FILE* f_;
-  bool ok_ = true;
-  uint32_t crc_ = 0;
-};
+// Reads OUTC into *c and *s, checking the shapes against the file before anything is allocated.
+Status read_output_config(SectionReader& r, Config* c, OutputShape* s) {
+  const size_t size = output_config_bytes();
+  Status st = r.expect("OUTC", size, nullptr, "(a corrupted file?)");
+  if (!st.ok()) return st;
+  std::vector<unsigned char> bytes(size);
+  if (!(st = r.payload(bytes.data(), bytes.size())).ok()) return st;
+  if (!(st = r.check_crc()).ok()) return st;
+  st = decode_output(bytes, c, s, r);
+  if (!st.ok()) return st;
+  if (s->N == 0 || s->N > 0xFFFFFFFFull) return r.fail("OUTC: label count out of range");
+  if (s->d == 0 || s->d > 65536) return r.fail("OUTC: input width out of range");
+  if (s->ld != round_up(size_t(s->d) + 2, 8)) return r.fail("OUTC: row stride does not match the input width");
+  return Status();
+}
 
-// The configuration and shapes, in a fixed order and width.
-std::string encode_conf(const Config& c, const Model::Impl& m);
+}  // namespace
 
-// Reads and checks sections; every size is checked against what is left of the file and the
-// memory budget before anything is allocated for it.
-class SectionReader {
- public:
-  SectionReader(std::FILE* f, std::string name, uint64_t file_size, uint64_t budget)
-      : f_(f), name_(std::move(name)), file_size_(file_size), budget_(budget), limit_(budget) {}
-
-  uint64_t offset() const { return offset_; }
-  Status fail(const std::string& what) const { return Status::error(strf("%s: byte %llu: ", name_.c_str(), (unsigned long long)offset_) + what); }
-
-  Status read_exact(void* p, size_t n, const char* what) {
-    if (uint64_t(n) > file_size_ - offset_) return fail(strf("file truncated in %s (needs %zu more bytes, %llu left)", what, n, (unsigned long long)(file_size_ - offset_)));
-    if (std::fread(p, 1, n, f_) != n) return fail(strf("read error in %s", what));
-    offset_ += n;
-    return Status();
-  }
-
-  // Reads the next section header; *length is checked against the file and the budget.
-  Status next(char tag[5], uint64_t* length) {
-    unsigned char head[12];
-    Status st = read_exact(head, sizeof head, "a section header");
+Status save_model(const Model& model, const std::string& path, const SaveOptions& options) {
+  if (!model.impl_) return Status::error("save_model: the model is not initialized");
+  return guard("save_model", [&]() -> Status {
+    // Saving reads through the components' state interfaces, which also serve loading.
+    Model::Impl& m = const_cast<Model::Impl&>(*model.impl_);
+    const bool opt = options.optimizer_state;
+    std::vector<StateArray> input = m.input->state(), stack = m.stack.state(), output = m.output.state();
+    for (const std::vector<StateArray>* s : {&input, &stack, &output}) {
+      Status st = check_finite(path, *s, opt);
+      if (!st.ok()) return st;
+    }
+    AtomicFile file;
+    Status st = file.open(path);
     if (!st.ok()) return st;
-    std::memcpy(tag, head, 4);
-    tag[4] = '\0';
-    for (int i = 0; i < 4; ++i)
-      if (tag[i] < 32 || tag[i] > 126) return fail("section tag is not ASCII (corrupted file?)");
-    uint64_t len = 0;
-    for (int i = 0; i < 8; ++i) len |= uint64_t(head[4 + i]) << (8 * i);
-    if (len > file_size_ - offset_)
-      return fail(strf("section %s claims %llu bytes but only %llu remain (truncated or corrupted)", tag,
-                       (unsigned long long)len, (unsigned long long)(file_size_ - offset_)));
-    if (file_size_ - offset_ - len < 4)
-      return fail(strf("file truncated in section %s: its %llu bytes and 4-byte checksum need %llu, %llu remain", tag,
-                       (unsigned long long)len, (unsigned long long)(len + 4), (unsigned long long)(file_size_ - offset_)));
-    if (len > budget_)
-      return fail(strf("section %s needs %llu bytes, which with the sections before it exceeds the memory limit of %llu",
-                       tag, (unsigned long long)len, (unsigned long long)limit_));
-    budget_ -= len;
-    crc_ = crc32c(head, sizeof head);
-    *length = len;
-    std::memcpy(tag_, tag, 5);
-    return Status();
-  }
+    SectionWriter w(file.file());
+    const size_t layers = m.stack.size();
+    write_header(w, uint32_t(2 + (1 + opt) * (1 + layers) + output_sections(m.output.lsh(), opt) + 1));
+    const std::string net = encode_network(m.cfg, m.D, m.step, m.epoch, opt);
+    w.begin("NETW", net.size()); w.payload(net.data(), net.size()); w.end();
+    OutputShape s{m.output.input_dim(), m.N, m.output.stride(), m.output.step(), m.output.index_state().generation, opt};
+    const std::string out = encode_output(m.cfg, s);
+    w.begin("OUTC", out.size()); w.payload(out.data(), out.size()); w.end();
+    write_state(w, "INPW", input, false);
+    if (opt) write_state(w, "INPA", input, true);
+    for (size_t l = 0; l < layers; ++l) {
+      const std::vector<StateArray> one(stack.begin() + ptrdiff_t(6 * l), stack.begin() + ptrdiff_t(6 * l + 6));
+      write_state(w, "HIDW", one, false);
+      if (opt) write_state(w, "HIDA", one, true);
+    }
+    write_output_layer(w, m.output, opt);
+    w.begin("END ", 0); w.end();
+    if (w.sections() + 0 != uint32_t(2 + (1 + opt) * (1 + layers) + output_sections(m.output.lsh(), opt) + 1))
+      return Status::error("save_model: internal error: the section count does not match the header");
+    return file.commit(w.ok());
+  });
+}
 
-  Status payload(void* p, size_t n) {
-    if (n == 0) return Status();
-    Status st = read_exact(p, n, tag_);
-    if (st.ok()) crc_ = crc32c(p, n, crc_);
-    return st;
-  }
-  Status floats(std::vector<float>* v, size_t n) {
-    v->resize(n);
-    Status st = payload(v->data(), n * sizeof(float));
-    if (!st.ok()) return st;
-    if (!host_is_little_endian())
-      for (float& x : *v) { uint32_t u; std::memcpy(&u, &x, 4); u = __builtin_bswap32(u); std::memcpy(&x, &u, 4); }
-    for (size_t i = 0; i < n; ++i)
-      if (!std::isfinite((*v)[i])) return fail(strf("section %s: value %zu is not finite", tag_, i));
-    return Status();
-  }
-  Status u32s(std::vector<uint32_t>* v, size_t n) {
-    v->resize(n);
-    Status st = payload(v->data(), n * sizeof(uint32_t));
-    if (!st.ok()) return st;
-    if (!host_is_little_endian())
-      for (uint32_t& x : *v) x = __builtin_bswap32(x);
-    return Status();
-  }
-  Status check_crc() {
-    unsigned char b[4];
-    Status st = read_exact(b, 4, "a checksum");
-    if (!st.ok()) return st;
-    uint32_t stored = uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16 | uint32_t(b[3]) << 24;
-    if (stored != crc_) return fail(strf("section %s: checksum mismatch (stored %08x, computed %08x): the file is corrupted", tag_, stored, crc_));
-    return Status();
-  }
+Status save_layer(const OutputLayer& layer, const std::string& path, const SaveOptions& options) {
+  if (!layer.impl_) return Status::error("save_layer: the layer is not initialized");
+  return guard("save_layer", [&]() -> Status {
+    OutputLayer::Impl& m = const_cast<OutputLayer::Impl&>(*layer.impl_);
+    const bool opt = options.optimizer_state;
+    const std::vector<StateArray> state = m.core.state();
+    Status st = check_finite(path, state, opt);
+    if (!st.ok()) return Status::error("save_layer" + st.message().substr(std::strlen("save_model")));
+    AtomicFile file;
+    if (!(st = file.open(path)).ok()) return st;
+    SectionWriter w(file.file());
+    write_header(w, 1 + output_sections(m.core.lsh(), opt) + 1);
+    OutputShape s{m.core.input_dim(), m.core.labels(), m.core.stride(), m.core.step(), m.core.index_state().generation, opt};
+    const std::string out = encode_output(m.core.config(), s);
+    w.begin("OUTC", out.size()); w.payload(out.data(), out.size()); w.end();
+    write_output_layer(w, m.core, opt);
+    w.begin("END ", 0); w.end();
+    return file.commit(w.ok());
+  });
+}
 
- private:
-  std::FILE* f_;
-  std::string name_;
-  uint64_t file_size_, offset_ = 0, budget_, limit_;
-  uint32_t crc_ = 0;
-  char tag_[5] = {0};
-};
+namespace {
+// Initialises the model a file describes and hands back its components to fill (load_model,
+// Model's friend, provides it).
+using ModelMaker = std::function<Status(const Config&, size_t features, size_t labels, Model::Impl** impl)>;
+Status load_model_v4(const std::string& path, const OpenedFile& file, const LoadOptions& options, const ModelMaker& make);
+Status load_model_legacy(const std::string& path, const OpenedFile& file, const LoadOptions& options, const ModelMaker& make);
+}  // namespace
 
+Status load_model(const std::string& path, Model* out, const LoadOptions& options) {
+  if (!out) return Status::error("load_model: out is null");
+  return guard("load_model", [&]() -> Status {
+    OpenedFile file;
+    Status st = open_model_file(path, &file);
+    if (!st.ok()) return st;
+    Model fresh;
+    const ModelMaker make = [&](const Config& c, size_t features, size_t labels, Model::Impl** impl) {
+      Status made = fresh.init(c, features, labels);
+      if (made.ok()) *impl = fresh.impl_.get();
+      return made;
+    };
+    st = file.version >= 4 ? load_model_v4(path, file, options, make) : load_model_legacy(path, file, options, make);
+    if (!st.ok()) return st;
+    *out = std::move(fresh);
+    return Status();
+  });
+}
+
+Status load_layer(const std::string& path, OutputLayer* out, const LoadOptions& options) {
+  if (!out) return Status::error("load_layer: out is null");
+  return guard("load_layer", [&]() -> Status {
+    OpenedFile file;
+    Status st = open_model_file(path, &file);
+    if (!st.ok()) return st;
+    if (file.version < 4) return Status::error(path + ": a model file of format version " + std::to_string(file.version) +
+                                               ", not a layer file (load_model reads it)");
+    SectionReader rr(file.f, path, file.size, options.max_bytes, 16);
+    // A model file starts with NETW: say so rather than "expected OUTC".
+    if (rr.peek_tag() == "NETW") return Status::error(path + ": a model file, not a layer file (load_model reads it)");
+    Config c;
+    OutputShape s;
+    if (!(st = read_output_config(rr, &c, &s)).ok()) return st;
+    apply_load_options(options, &c);
+    if (options.expect_features && s.d != options.expect_features)
+      return Status::error(strf("%s: the layer takes %llu inputs, the caller expects %zu", path.c_str(), (unsigned long long)s.d, options.expect_features));
+    if (options.expect_labels && s.N != options.expect_labels)
+      return Status::error(strf("%s: the layer has %llu labels, the caller expects %zu", path.c_str(), (unsigned long long)s.N, options.expect_labels));
+    if (mul_sat(s.N, s.ld * 4) > file.size) return rr.fail("OUTC: the shapes need more bytes than the file has");
+    OutputLayer fresh;
+    st = fresh.init(c, size_t(s.d), size_t(s.N));
+    if (!st.ok()) return rr.fail("OUTC: " + st.message());
+    if (!(st = read_output_layer(rr, fresh.impl_->core, c, s, fresh.impl_->exec())).ok()) return st;
+    if (!(st = read_end(rr, file.size, file.sections)).ok()) return st;
+    *out = std::move(fresh);
+    return Status();
+  });
+}
+
+namespace {
+
+// Version 4: NETW, OUTC, then every layer's sections in order.
+Status load_model_v4(const std::string& path, const OpenedFile& file, const LoadOptions& options, const ModelMaker& make) {
+  SectionReader r(file.f, path, file.size, options.max_bytes, 16);
+  const std::string first = r.peek_tag();
+  if (first == "OUTC") return Status::error(path + ": a layer file, not a model file (load_layer reads it)");
+  if (first == "CONF")
+    return r.fail(strf("the sections are those of format versions 1 to 3, but the header says version %u (a corrupted "
+                       "version field?)", file.version));
+  uint64_t net_len = 0;
+  Status st = r.expect("NETW", ~uint64_t(0), &net_len);
+  if (!st.ok()) return st;
+  if (net_len < network_bytes(0) || net_len > network_bytes(kMaxHiddenLayers))
+    return r.fail(strf("section NETW has %llu bytes, which fits no network (a corrupted file?)", (unsigned long long)net_len));
+  std::vector<unsigned char> bytes(static_cast<size_t>(net_len), 0);
+  if (!(st = r.payload(bytes.data(), bytes.size())).ok()) return st;
+  if (!(st = r.check_crc()).ok()) return st;
+  BytesReader b{bytes.data(), bytes.size()};
+  Config c;
+  c.input = InputKind(b.u32());
+  const uint64_t D = b.u64();
+  c.hidden = b.u32();
+  const uint32_t layers = b.u32();
+  if (layers > kMaxHiddenLayers || network_bytes(layers) != net_len)
+    return r.fail(strf("section NETW has %llu bytes but declares %u hidden layers (a corrupted file?)", (unsigned long long)net_len, layers));
+  c.hidden_layers.resize(layers);
+  for (uint32_t& w : c.hidden_layers) w = b.u32();
+  decode_training(b, &c);
+  const uint64_t step = b.u64(), epoch = b.u64();
+  const uint32_t flags = b.u32();
+  if (flags & ~1u) return r.fail("NETW: unknown flags (written by a newer version?)");
+  const bool optimizer = (flags & 1) != 0;
+  Config trained_as = c;  // the training settings NETW holds win over OUTC's copy
+  OutputShape s;
+  if (!(st = read_output_config(r, &c, &s)).ok()) return st;
+  c.learning_rate = trained_as.learning_rate; c.beta1 = trained_as.beta1; c.beta2 = trained_as.beta2;
+  c.adam_eps = trained_as.adam_eps; c.batch_size = trained_as.batch_size; c.threads = trained_as.threads;
+  c.seed = trained_as.seed; c.simd = trained_as.simd;
+  apply_load_options(options, &c);
+  st = validate(c);
+  if (!st.ok()) return r.fail("NETW/OUTC: " + st.message());
+  if (D == 0 || D > 0xFFFFFFFFull) return r.fail("NETW: feature count out of range");
+  if (s.d != network_output_width(c)) return r.fail("OUTC: the output layer's input width does not match the network");
+  if (options.expect_features && D != options.expect_features)
+    return Status::error(strf("%s: the model takes %llu features, the caller expects %zu", path.c_str(), (unsigned long long)D, options.expect_features));
+  if (options.expect_labels && s.N != options.expect_labels)
+    return Status::error(strf("%s: the model has %llu labels, the caller expects %zu", path.c_str(), (unsigned long long)s.N, options.expect_labels));
+  // The weights alone must fit in the file before anything is allocated for them.
+  uint64_t weights = add_sat(mul_sat(D, c.hidden), mul_sat(s.N, s.ld));
+  uint64_t in = c.hidden;
+  for (uint32_t w : c.hidden_layers) weights = add_sat(weights, mul_sat(in, w)), in = w;
+  if (mul_sat(weights, 4) > file.size)
+    return r.fail(strf("NETW/OUTC: shapes (%llu features, %u hidden, %llu labels) need more bytes than the file has",
+                       (unsigned long long)D, c.hidden, (unsigned long long)s.N));
+  Model::Impl* made = nullptr;
+  st = make(c, size_t(D), size_t(s.N), &made);
+  if (!st.ok()) return r.fail("NETW/OUTC: " + st.message());
+  Model::Impl& m = *made;
+  const std::vector<StateArray> input = m.input->state(), stack = m.stack.state();
+  if (!(st = read_state(r, "INPW", input, false)).ok()) return st;
+  if (optimizer && !(st = read_state(r, "INPA", input, true)).ok()) return st;
+  for (size_t l = 0; l < layers; ++l) {
+    const std::vector<StateArray> one(stack.begin() + ptrdiff_t(6 * l), stack.begin() + ptrdiff_t(6 * l + 6));
+    if (!(st = read_state(r, "HIDW", one, false)).ok()) return st;
+    if (optimizer && !(st = read_state(r, "HIDA", one, true)).ok()) return st;
+  }
+  if (!(st = read_output_layer(r, m.output, c, s, m.exec())).ok()) return st;
+  if (!(st = read_end(r, file.size, file.sections)).ok()) return st;
+  m.step = step;
+  m.epoch = epoch;
+  m.own = TrainStats();
+  m.own.epochs = epoch;
+  m.merge_stats();
+  return Status();
+}
+
+// Versions 1 to 3: one network shape (sparse input, one hidden layer), CONF then the arrays.
 constexpr size_t kConfBytes = 4 * 36 + 8 * 8;  // 36 four-byte fields, 8 eight-byte ones
 
 // CONF grew at the end: version 2 added hash_loss and triplet_margin, version 3 tail_drift.
@@ -3944,294 +5311,93 @@ size_t conf_bytes_of_version(uint32_t version) {
   return version == 1 ? kConfBytes - 12 : version == 2 ? kConfBytes - 4 : kConfBytes;
 }
 
+Status load_model_legacy(const std::string& path, const OpenedFile& file, const LoadOptions& options, const ModelMaker& make) {
+  SectionReader r(file.f, path, file.size, options.max_bytes, 16);
+  const uint32_t version = file.version;
+  if (file.sections > 9) return Status::error(strf("%s: implausible section count %u", path.c_str(), file.sections));
+  const size_t conf_bytes = conf_bytes_of_version(version);
+  const std::string first = r.peek_tag();
+  if (first == "NETW" || first == "OUTC")
+    return r.fail(strf("the sections are those of format version 4, but the header says version %u (a corrupted "
+                       "version field?)", version));
+  uint64_t conf_len = 0;
+  Status st = r.expect("CONF", ~uint64_t(0), &conf_len);
+  if (!st.ok()) return st;
+  if (conf_len != conf_bytes)
+    return r.fail(strf("section CONF has %llu bytes, but format version %u has %zu (a corrupted version field?)",
+                       (unsigned long long)conf_len, version, conf_bytes));
+  std::vector<unsigned char> conf(conf_bytes);
+  if (!(st = r.payload(conf.data(), conf.size())).ok()) return st;
+  if (!(st = r.check_crc()).ok()) return st;
+  BytesReader b{conf.data(), conf.size()};
+  Config c;
+  c.hidden = b.u32(); c.output = OutputMode(b.u32()); c.learning_rate = b.f32(); c.beta1 = b.f32(); c.beta2 = b.f32();
+  c.adam_eps = b.f32(); c.batch_size = b.u32(); c.threads = b.u32(); c.seed = b.u64(); c.simd = Simd(b.u32());
+  c.hash = HashFamily(b.u32()); c.K = b.u32(); c.L = b.u32(); c.hash_density = b.f32(); c.bucket_capacity = b.u32();
+  c.bucket_policy = BucketPolicy(b.u32()); c.min_active = b.u32(); c.max_active = b.u32(); c.rehash_every = b.u32();
+  c.rehash_decay = b.f32(); c.new_hash_every = b.u32(); c.scheduler = Scheduler(b.u32()); c.check_every = b.u32();
+  c.detector_bits = b.u32(); c.tau = b.f32(); c.full_rebuild_fraction = b.f32(); c.drift_epsilon = b.f32();
+  c.learn_hash = b.u32() != 0; c.learn_every = b.u32(); c.learn_queries = b.u32(); c.hash_steps = b.u32(); c.hash_lr = b.f32();
+  c.hash_binarize = b.u32() != 0;
+  const uint64_t D = b.u64(), N = b.u64(), ld = b.u64(), step = b.u64(), epoch = b.u64(), generation = b.u64();
+  const uint64_t flags = b.u64();
+  if (flags & 0xFFFFFFFCull) return r.fail("CONF: unknown flags (written by a newer version?)");
+  c.sampling_correction = (flags & 1) != 0;
+  c.exact_retrieval = (flags & 2) != 0;
+  c.detector_sample = uint32_t(flags >> 32);
+  c.infer_shortlist = b.u32();
+  if (version >= 2) {
+    c.hash_loss = HashLoss(b.u32());
+    c.triplet_margin = b.f32();
+  }
+  c.tail_drift = version >= 3 ? b.f32() : 0.0f;  // older models were trained without it
+  apply_load_options(options, &c);
+  st = validate(c);
+  if (!st.ok()) return r.fail("CONF: " + st.message());
+  if (D == 0 || D > 0xFFFFFFFFull || N == 0 || N > 0xFFFFFFFFull) return r.fail("CONF: feature or label count out of range");
+  if (ld != round_up(size_t(c.hidden) + 2, 8)) return r.fail("CONF: row stride does not match the hidden size");
+  if (options.expect_features && D != options.expect_features)
+    return Status::error(strf("%s: the model takes %llu features, the caller expects %zu", path.c_str(), (unsigned long long)D, options.expect_features));
+  if (options.expect_labels && N != options.expect_labels)
+    return Status::error(strf("%s: the model has %llu labels, the caller expects %zu", path.c_str(), (unsigned long long)N, options.expect_labels));
+  const bool lsh = c.output == OutputMode::lsh;
+  // Everything the shapes imply must fit in the file before anything is allocated for it.
+  const uint64_t H = c.hidden;
+  const uint64_t w1 = D * H * 4, b1 = H * 4, w2 = N * ld * 4;
+  const uint64_t hash_bytes = lsh ? 4 + (c.hash == HashFamily::simhash ? uint64_t(H + 2) * c.K * c.L * 4 : 0) : 0;
+  const uint64_t code_bytes = lsh ? N * c.L * 4 : 0;
+  const uint64_t freq_bytes = lsh ? 12 + N * 4 : 0;
+  if (w1 / 4 / H != D || w2 / 4 / ld != N || w1 + b1 + w2 + hash_bytes + code_bytes + freq_bytes > file.size)
+    return r.fail(strf("CONF: shapes (%llu features, %llu hidden, %llu labels) need more bytes than the file has",
+                       (unsigned long long)D, (unsigned long long)H, (unsigned long long)N));
+  Model::Impl* made = nullptr;
+  st = make(c, size_t(D), size_t(N), &made);
+  if (!st.ok()) return r.fail("CONF: " + st.message());
+  Model::Impl& m = *made;
+  const std::vector<StateArray> input = m.input->state(), output = m.output.state();
+  // W1, b1 and W2 in sections of their own; the moments of all three in one ADAM section.
+  for (const auto& sec : {std::make_pair("W1  ", input[0]), std::make_pair("B1  ", input[1]), std::make_pair("W2  ", output[0])})
+    if (!(st = read_state(r, sec.first, {sec.second}, false)).ok()) return st;
+  OutputCore::IndexState index;
+  if (lsh && !(st = read_index(r, c, H, N, &index)).ok()) return st;
+  index.generation = generation;
+  if (r.peek_tag() == "ADAM") {
+    const std::vector<StateArray> moments = {input[2], input[3], input[4], input[5], output[1], output[2]};
+    if (!(st = read_state(r, "ADAM", moments, true)).ok()) return st;
+  }
+  OutputShape s{H, N, ld, step, generation, false};
+  st = m.output.restore(step, &index, m.exec());
+  if (!st.ok()) return r.fail("section W2: " + st.message());
+  if (!(st = read_end(r, file.size, file.sections)).ok()) return st;
+  (void)s;
+  m.step = step;
+  m.epoch = epoch;
+  m.own = TrainStats();
+  m.own.epochs = epoch;
+  m.merge_stats();
+  return Status();
+}
+
 }  // namespace
-
-uint32_t crc32c(const void* data, size_t size, uint32_t crc) {
-  const unsigned char* p = static_cast<const unsigned char*>(data);
-  crc = ~crc;
-  for (size_t i = 0; i < size; ++i) crc = kCrc32c.t[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
-  return ~crc;
-}
-
-namespace {
-std::string encode_conf(const Config& c, const Model::Impl& m) {
-  Bytes b;
-  b.u32(c.hidden); b.u32(uint32_t(c.output)); b.f32(c.learning_rate); b.f32(c.beta1); b.f32(c.beta2);
-  b.f32(c.adam_eps); b.u32(c.batch_size); b.u32(c.threads); b.u64(c.seed); b.u32(uint32_t(c.simd));
-  b.u32(uint32_t(c.hash)); b.u32(c.K); b.u32(c.L); b.f32(c.hash_density); b.u32(c.bucket_capacity);
-  b.u32(uint32_t(c.bucket_policy)); b.u32(c.min_active); b.u32(c.max_active); b.u32(c.rehash_every);
-  b.f32(c.rehash_decay); b.u32(c.new_hash_every); b.u32(uint32_t(c.scheduler)); b.u32(c.check_every);
-  b.u32(c.detector_bits); b.f32(c.tau); b.f32(c.full_rebuild_fraction); b.f32(c.drift_epsilon);
-  b.u32(c.learn_hash); b.u32(c.learn_every); b.u32(c.learn_queries); b.u32(c.hash_steps); b.f32(c.hash_lr);
-  b.u32(c.hash_binarize);
-  b.u64(m.D); b.u64(m.N); b.u64(m.ld); b.u64(m.step); b.u64(m.epoch); b.u64(m.hash_generation);
-  // bit 0: sampling_correction; bit 1: exact_retrieval; bits 32..63: detector_sample
-  b.u64((c.sampling_correction ? 1 : 0) | (c.exact_retrieval ? 2 : 0) | uint64_t(c.detector_sample) << 32);
-  b.u32(c.infer_shortlist);
-  b.u32(uint32_t(c.hash_loss)); b.f32(c.triplet_margin);  // added in format version 2
-  b.f32(c.tail_drift);  // added in format version 3
-  return b.b;
-}
-}  // namespace
-
-Status save_model(const Model& model, const std::string& path, const SaveOptions& options) {
-  if (!model.impl_) return Status::error("save_model: the model is not initialized");
-  return guard("save_model", [&]() -> Status {
-    const Model::Impl& m = *model.impl_;
-    const bool lsh = m.cfg.output == OutputMode::lsh;
-    // A file that load_model would refuse is never written.
-    const std::pair<const char*, const std::vector<float>*> arrays[] = {
-        {"W1", &m.W1}, {"b1", &m.b1}, {"W2", &m.W2}, {"W1 Adam m", &m.W1_m}, {"W1 Adam v", &m.W1_v},
-        {"b1 Adam m", &m.b1_m}, {"b1 Adam v", &m.b1_v}, {"W2 Adam m", &m.W2_m}, {"W2 Adam v", &m.W2_v}};
-    for (const auto& a : arrays) {
-      if (!options.optimizer_state && std::strstr(a.first, "Adam")) continue;
-      for (size_t i = 0; i < a.second->size(); ++i)
-        if (!std::isfinite((*a.second)[i]))
-          return Status::error(strf("save_model: %s: %s value %zu is not finite (training diverged); nothing was written",
-                                    path.c_str(), a.first, i));
-    }
-    AtomicFile file;
-    Status st = file.open(path);
-    if (!st.ok()) return st;
-    SectionWriter w(file.file());
-    Bytes head;
-    head.b.assign(kMagic, 8);
-    head.u32(kFormatVersion);
-    uint32_t sections = 5 + (lsh ? 3 : 0) + (options.optimizer_state ? 1 : 0);
-    head.u32(sections);
-    w.raw(head.b.data(), head.b.size());
-    std::string conf = encode_conf(m.cfg, m);
-    if (conf.size() != kConfBytes) return Status::error("save_model: internal error: configuration encoding has the wrong size");
-    w.begin("CONF", conf.size()); w.payload(conf.data(), conf.size()); w.end();
-    w.begin("W1  ", m.W1.size() * 4); w.floats(m.W1.data(), m.W1.size()); w.end();
-    w.begin("B1  ", m.b1.size() * 4); w.floats(m.b1.data(), m.b1.size()); w.end();
-    w.begin("W2  ", m.W2.size() * 4); w.floats(m.W2.data(), m.W2.size()); w.end();
-    if (lsh) {
-      const std::vector<float>& P = m.hasher.projection();
-      w.begin("HASH", 4 + P.size() * 4);
-      Bytes nb;
-      nb.f32(m.mips_norm2);
-      w.payload(nb.b.data(), 4);
-      w.floats(P.data(), P.size());
-      w.end();
-      w.begin("CODE", m.item_codes.size() * 4); w.u32s(m.item_codes.data(), m.item_codes.size()); w.end();
-      std::vector<uint32_t> counts = m.label_count;
-      counts.resize(m.N, 0);
-      Bytes ec;
-      ec.u64(m.examples_counted);
-      ec.u32(uint32_t(m.shortlist.size()));
-      w.begin("FREQ", 12 + counts.size() * 4 + m.shortlist.size() * 4);
-      w.payload(ec.b.data(), 12);
-      w.u32s(counts.data(), counts.size());
-      w.u32s(m.shortlist.data(), m.shortlist.size());
-      w.end();
-    }
-    if (options.optimizer_state) {
-      uint64_t n = (m.W1_m.size() * 2 + m.b1_m.size() * 2 + m.W2_m.size() * 2) * 4;
-      w.begin("ADAM", n);
-      for (const std::vector<float>* v : {&m.W1_m, &m.W1_v, &m.b1_m, &m.b1_v, &m.W2_m, &m.W2_v}) w.floats(v->data(), v->size());
-      w.end();
-    }
-    w.begin("END ", 0); w.end();
-    return file.commit(w.ok());
-  });
-}
-
-Status load_model(const std::string& path, Model* out, const LoadOptions& options) {
-  if (!out) return Status::error("load_model: out is null");
-  return guard("load_model", [&]() -> Status {
-    std::FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) return Status::error(strf("%s: cannot open: %s", path.c_str(), std::strerror(errno)));
-    struct Closer { std::FILE* f; ~Closer() { std::fclose(f); } } closer{f};
-    bool is_directory = false;
-    const int64_t size = open_file_size(f, &is_directory);
-    if (is_directory) return Status::error(path + ": is a directory, not a model file");
-    if (size < 0) return Status::error(path + ": not a regular file (a model is read from a file whose size is known)");
-    SectionReader r(f, path, uint64_t(size), options.max_bytes);
-    unsigned char head[16];
-    Status st = r.read_exact(head, 16, "the file header");
-    if (!st.ok()) return st;
-    if (std::memcmp(head, kMagic, 8) != 0) return Status::error(path + ": not a mongoose model (wrong magic number)");
-    BytesReader hr{head + 8, 8};
-    uint32_t version = hr.u32(), sections = hr.u32();
-    if (version < 1 || version > kFormatVersion)
-      return Status::error(strf("%s: unknown format version %u (this library reads versions 1 to %u)", path.c_str(), version, kFormatVersion));
-    const size_t conf_bytes = conf_bytes_of_version(version);
-    if (sections < 5 || sections > 9) return Status::error(strf("%s: implausible section count %u", path.c_str(), sections));
-
-    uint32_t sections_read = 0;
-    auto expect = [&](const char* want, uint64_t want_len, uint64_t* got_len) -> Status {
-      char tag[5];
-      uint64_t len;
-      ++sections_read;
-      Status s2 = r.next(tag, &len);
-      if (!s2.ok()) return s2;
-      if (std::strcmp(tag, want) != 0) return r.fail(strf("expected section '%s', found '%s'", want, tag));
-      if (want_len != ~uint64_t(0) && len != want_len)
-        return r.fail(strf("section %s has %llu bytes, expected %llu for the shapes in CONF", want, (unsigned long long)len, (unsigned long long)want_len));
-      if (got_len) *got_len = len;
-      return Status();
-    };
-    // CONF: its size is fixed by the format version.
-    uint64_t conf_len = 0;
-    st = expect("CONF", ~uint64_t(0), &conf_len);
-    if (!st.ok()) return st;
-    if (conf_len != conf_bytes)
-      return r.fail(strf("section CONF has %llu bytes, but format version %u has %zu (a corrupted version field?)",
-                         (unsigned long long)conf_len, version, conf_bytes));
-    std::vector<unsigned char> conf(conf_bytes);
-    st = r.payload(conf.data(), conf.size());
-    if (!st.ok()) return st;
-    st = r.check_crc();
-    if (!st.ok()) return st;
-    BytesReader b{conf.data(), conf.size()};
-    Config c;
-    c.hidden = b.u32(); c.output = OutputMode(b.u32()); c.learning_rate = b.f32(); c.beta1 = b.f32(); c.beta2 = b.f32();
-    c.adam_eps = b.f32(); c.batch_size = b.u32(); c.threads = b.u32(); c.seed = b.u64(); c.simd = Simd(b.u32());
-    c.hash = HashFamily(b.u32()); c.K = b.u32(); c.L = b.u32(); c.hash_density = b.f32(); c.bucket_capacity = b.u32();
-    c.bucket_policy = BucketPolicy(b.u32()); c.min_active = b.u32(); c.max_active = b.u32(); c.rehash_every = b.u32();
-    c.rehash_decay = b.f32(); c.new_hash_every = b.u32(); c.scheduler = Scheduler(b.u32()); c.check_every = b.u32();
-    c.detector_bits = b.u32(); c.tau = b.f32(); c.full_rebuild_fraction = b.f32(); c.drift_epsilon = b.f32();
-    c.learn_hash = b.u32() != 0; c.learn_every = b.u32(); c.learn_queries = b.u32(); c.hash_steps = b.u32(); c.hash_lr = b.f32();
-    c.hash_binarize = b.u32() != 0;
-    uint64_t D = b.u64(), N = b.u64(), ld = b.u64(), step = b.u64(), epoch = b.u64(), generation = b.u64();
-    uint64_t flags = b.u64();
-    if (flags & 0xFFFFFFFCull) return r.fail("CONF: unknown flags (written by a newer version?)");
-    c.sampling_correction = (flags & 1) != 0;
-    c.exact_retrieval = (flags & 2) != 0;
-    c.detector_sample = uint32_t(flags >> 32);
-    c.infer_shortlist = b.u32();
-    if (version >= 2) {
-      c.hash_loss = HashLoss(b.u32());
-      c.triplet_margin = b.f32();
-    }
-    c.tail_drift = version >= 3 ? b.f32() : 0.0f;  // older models were trained without it
-    if (uint32_t(c.simd) > uint32_t(Simd::neon)) return r.fail("CONF: unknown SIMD setting");
-    if (options.override_training) {
-      const Config& o = *options.override_training;
-      c.learning_rate = o.learning_rate; c.beta1 = o.beta1; c.beta2 = o.beta2; c.adam_eps = o.adam_eps;
-      c.batch_size = o.batch_size; c.threads = o.threads; c.simd = o.simd; c.on_progress = o.on_progress;
-    }
-    c.max_bytes = options.max_bytes;
-    st = validate(c);
-    if (!st.ok()) return r.fail("CONF: " + st.message());
-    // A file must not decide how many threads this process starts: at most the machine's cores.
-    if (!options.override_training && c.threads > resolve_threads(0)) c.threads = 0;
-    if (D == 0 || D > 0xFFFFFFFFull || N == 0 || N > 0xFFFFFFFFull) return r.fail("CONF: feature or label count out of range");
-    if (ld != round_up(size_t(c.hidden) + 2, 8)) return r.fail("CONF: row stride does not match the hidden size");
-    if (options.expect_features && D != options.expect_features)
-      return Status::error(strf("%s: the model takes %llu features, the caller expects %zu", path.c_str(), (unsigned long long)D, options.expect_features));
-    if (options.expect_labels && N != options.expect_labels)
-      return Status::error(strf("%s: the model has %llu labels, the caller expects %zu", path.c_str(), (unsigned long long)N, options.expect_labels));
-    const bool lsh = c.output == OutputMode::lsh;
-    // Everything the shapes imply must fit in the file before anything is allocated for it.
-    const uint64_t H = c.hidden;
-    const uint64_t w1 = D * H * 4, b1 = H * 4, w2 = N * ld * 4;
-    const uint64_t hash_bytes = lsh ? 4 + (c.hash == HashFamily::simhash ? uint64_t(H + 2) * c.K * c.L * 4 : 0) : 0;
-    const uint64_t code_bytes = lsh ? N * c.L * 4 : 0;
-    const uint64_t freq_bytes = lsh ? 12 + N * 4 : 0;
-    if (w1 / 4 / H != D || w2 / 4 / ld != N || w1 + b1 + w2 + hash_bytes + code_bytes + freq_bytes > uint64_t(size))
-      return r.fail(strf("CONF: shapes (%llu features, %llu hidden, %llu labels) need more bytes than the file has",
-                         (unsigned long long)D, (unsigned long long)H, (unsigned long long)N));
-    // What loading allocates: weights and their two Adam moments, the codes and counts, the tables
-    // (about one id per code) and the projection.
-    const uint64_t needed = 3 * (w1 + b1 + w2) + 2 * code_bytes + freq_bytes + hash_bytes;
-    if (needed > options.max_bytes)
-      return r.fail(strf("CONF: loading this model needs about %llu bytes, over the memory limit of %zu",
-                         (unsigned long long)needed, options.max_bytes));
-
-    Model fresh;
-    Config init_cfg = c;
-    st = fresh.init(init_cfg, size_t(D), size_t(N));
-    if (!st.ok()) return r.fail("CONF: " + st.message());
-    Model::Impl& m = *fresh.impl_;
-    auto section_floats = [&](const char* tag, std::vector<float>* v, uint64_t n) -> Status {
-      Status s2 = expect(tag, n * 4, nullptr);
-      if (s2.ok()) s2 = r.floats(v, size_t(n));
-      if (s2.ok()) s2 = r.check_crc();
-      return s2;
-    };
-    if (!(st = section_floats("W1  ", &m.W1, D * H)).ok()) return st;
-    if (!(st = section_floats("B1  ", &m.b1, H)).ok()) return st;
-    if (!(st = section_floats("W2  ", &m.W2, N * ld)).ok()) return st;
-    for (uint64_t j = 0; j < N; ++j)
-      for (uint64_t i = H + 1; i < ld; ++i)
-        if (m.W2[j * ld + i] != 0.0f) return r.fail("section W2: padding after a bias is not zero (corrupted file?)");
-    m.step = step;
-    m.epoch = epoch;
-    m.hash_generation = generation;
-    if (lsh) {
-      st = m.init_hashing();
-      if (!st.ok()) return r.fail("HASH: " + st.message());
-      st = expect("HASH", hash_bytes, nullptr);
-      if (!st.ok()) return st;
-      unsigned char nb[4];
-      if (!(st = r.payload(nb, 4)).ok()) return st;
-      BytesReader nr{nb, 4};
-      float norm2 = nr.f32();
-      std::vector<float> P;
-      if (!(st = r.floats(&P, size_t((hash_bytes - 4) / 4))).ok()) return st;
-      if (!(st = r.check_crc()).ok()) return st;
-      if (!std::isfinite(norm2) || norm2 < 0) return r.fail("section HASH: the MIPS norm is not a finite non-negative number");
-      if (c.hash == HashFamily::simhash) {
-        st = m.hasher.set_projection(P);
-        if (!st.ok()) return r.fail("section HASH: " + st.message());
-      }
-      st = expect("CODE", code_bytes, nullptr);
-      if (!st.ok()) return st;
-      if (!(st = r.u32s(&m.item_codes, size_t(N * c.L))).ok()) return st;
-      if (!(st = r.check_crc()).ok()) return st;
-      const uint32_t limit = 1u << c.K;
-      for (size_t i = 0; i < m.item_codes.size(); ++i)
-        if (m.item_codes[i] >= limit) return r.fail(strf("section CODE: code %u of neuron %zu is not below 2^K", m.item_codes[i], i / c.L));
-      m.mips_norm2 = norm2;
-      uint64_t freq_len = 0;
-      st = expect("FREQ", ~uint64_t(0), &freq_len);
-      if (!st.ok()) return st;
-      if (freq_len < 12 + N * 4 || (freq_len - 12 - N * 4) % 4 != 0 || (freq_len - 12 - N * 4) / 4 > N)
-        return r.fail(strf("section FREQ has %llu bytes, which does not fit %llu labels", (unsigned long long)freq_len, (unsigned long long)N));
-      unsigned char eb[12];
-      if (!(st = r.payload(eb, 12)).ok()) return st;
-      BytesReader er{eb, 12};
-      m.examples_counted = er.u64();
-      uint32_t listed = er.u32();
-      if (uint64_t(listed) * 4 != freq_len - 12 - N * 4) return r.fail("section FREQ: the shortlist length does not match the section size");
-      if (!(st = r.u32s(&m.label_count, size_t(N))).ok()) return st;
-      if (!(st = r.u32s(&m.shortlist, listed)).ok()) return st;
-      if (!(st = r.check_crc()).ok()) return st;
-      for (uint32_t j : m.shortlist)
-        if (j >= N) return r.fail(strf("section FREQ: shortlist label %u out of range [0, %llu)", j, (unsigned long long)N));
-      must(m.tables.build(m.item_codes.data(), size_t(N), m.threads()));
-      if (c.scheduler != Scheduler::fixed) {
-        m.detector_codes_of_all(m.detector_codes);
-        if (m.keeps_inserted_rows()) m.remember_inserted_rows();
-      }
-    }
-    char tag[5];
-    uint64_t len;
-    ++sections_read;
-    if (!(st = r.next(tag, &len)).ok()) return st;
-    if (std::strcmp(tag, "ADAM") == 0) {
-      uint64_t want = (D * H * 2 + H * 2 + N * ld * 2) * 4;
-      if (len != want) return r.fail(strf("section ADAM has %llu bytes, expected %llu", (unsigned long long)len, (unsigned long long)want));
-      for (std::vector<float>* v : {&m.W1_m, &m.W1_v, &m.b1_m, &m.b1_v, &m.W2_m, &m.W2_v})
-        if (!(st = r.floats(v, v->size())).ok()) return st;
-      if (!(st = r.check_crc()).ok()) return st;
-      ++sections_read;
-      if (!(st = r.next(tag, &len)).ok()) return st;
-    }
-    if (std::strcmp(tag, "END ") != 0 || len != 0) return r.fail(strf("expected the END section, found '%s'", tag));
-    if (!(st = r.check_crc()).ok()) return st;
-    if (r.offset() != uint64_t(size)) return r.fail("trailing bytes after the END section");
-    if (sections_read != sections)
-      return Status::error(strf("%s: the header declares %u sections but the file has %u (corrupted header)", path.c_str(), sections, sections_read));
-    m.stats = TrainStats();
-    m.stats.epochs = epoch;
-    m.next_rehash = 0;
-    m.schedule_next_rehash();
-    *out = std::move(fresh);
-    return Status();
-  });
-}
 
 }  // namespace mongoose

@@ -29,7 +29,13 @@
 // [SECTION] Data
 // [SECTION] Hashing
 // [SECTION] Hash tables
-// [SECTION] Model
+// [SECTION] Configuration   (Config and the enums it uses, TrainStats, Metrics)
+// [SECTION] Input layers    (internal: sparse embedding bag, dense matrix)
+// [SECTION] Hidden layers   (internal: the dense ReLU stack)
+// [SECTION] Hash learning
+// [SECTION] Table upkeep and scheduler
+// [SECTION] Output layer    (OutputLayer: the sampled or full softmax, usable on its own)
+// [SECTION] Model           (the network and its training loop)
 // [SECTION] Model I/O
 //
 // Quick start:
@@ -354,13 +360,6 @@ class Hasher {
   void hash_rows(const float* vs, size_t n, size_t ld, uint32_t* codes, std::vector<float>* scratch) const;
 };
 
-// The hash learner's triplet loss for one table (HashLoss::triplet), exposed so it can be checked.
-// a, bp, bn are the K pre-tanh projections P_t^T q, P_t^T w+, P_t^T w-; returns
-// max(0, margin - cos(tanh a, tanh bp) + cos(tanh a, tanh bn)) (a zero vector's cosine is 0).
-// When da, dbp, dbn are not null they receive the gradient with respect to a, bp and bn.
-// K in 1..24 (the table bits) and non-null inputs; otherwise NaN is returned.
-float triplet_hinge_loss(const float* a, const float* bp, const float* bn, size_t K, float margin,
-                         float* da = nullptr, float* dbp = nullptr, float* dbn = nullptr);
 
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Hash tables
@@ -448,8 +447,12 @@ class HashTables {
 };
 
 //-----------------------------------------------------------------------------------------------
-// [SECTION] Model
+// [SECTION] Configuration
 //-----------------------------------------------------------------------------------------------
+// One Config describes a network and how it trains: the input layer, the hidden stack, the output
+// layer (full or LSH-sampled softmax), its table upkeep and hash learning. Model reads all of it;
+// OutputLayer reads the output-layer fields (output mode onwards, plus the optimizer, threads,
+// seed, simd and max_bytes) and ignores the network shape.
 
 enum class OutputMode {
   full,  // exact softmax over all N labels (the dense baseline)
@@ -460,6 +463,12 @@ enum class OutputMode {
 enum class InferMode {
   full,  // score every label exactly
   lsh,   // score only the retrieved neurons and the frequent-label shortlist (needs an lsh model)
+};
+
+// The input layer's kind (see [SECTION] Input layers).
+enum class InputKind {
+  sparse,  // embedding bag over sparse features, lazy row-sparse Adam (10^3 to 10^7 features)
+  dense,   // dense D x hidden matrix, one GEMM per batch, dense Adam (up to ~10^4 features)
 };
 
 // What the hash learner minimises per table t, with u = tanh(P_t^T q), v = tanh(P_t^T w).
@@ -491,14 +500,21 @@ struct Progress {
 
 // All options, with their defaults. Checked by Model::init; errors name the field and range.
 //
-// Optimizer semantics: Adam is lazy (row-sparse). A row's moments and weights change only in
-// batches that give it a gradient: input rows of the features present in the batch, output rows
-// that are active (every output row in full mode); the bias corrections use the global step
-// (batches trained). Batches run their examples in parallel; gradients are merged per row in a
-// fixed order, so results depend only on the seed and the thread count, bit for bit.
+// Optimizer semantics: Adam is lazy (row-sparse) where a layer's gradient is sparse. A row's
+// moments and weights change only in batches that give it a gradient: input rows of the features
+// present in the batch (sparse input), output rows that are active (every output row in full
+// mode); dense layers (dense input, the hidden stack) update every weight every batch. The bias
+// corrections use the global step (batches trained). Batches run their examples in parallel;
+// gradients are merged per row in a fixed order, so results depend only on the seed and the
+// thread count, bit for bit.
 struct Config {
   // Network and optimizer.
-  uint32_t hidden = 128;          // hidden units, 1..65536
+  InputKind input = InputKind::sparse;
+  uint32_t hidden = 128;          // the input layer's width (its ReLU outputs), 1..65536
+  // Widths of further dense ReLU layers between the input layer and the output layer, each
+  // 1..65536, at most 16 of them; empty (the default) = one hidden layer. E.g. hidden = 256,
+  // hidden_layers = {128}: input -> 256 -> 128 -> output.
+  std::vector<uint32_t> hidden_layers;
   OutputMode output = OutputMode::full;
   float learning_rate = 1e-3f;    // Adam step size, (0, 1]
   float beta1 = 0.9f, beta2 = 0.999f, adam_eps = 1e-8f;
@@ -506,8 +522,8 @@ struct Config {
   uint32_t threads = 0;           // worker threads; 0 = all cores
   uint64_t seed = 42;             // weights, shuffling, sampling, hash functions
   Simd simd = Simd::automatic;
-  // Model::init refuses a network whose weights, optimizer state, index and scratch would need
-  // more than this many bytes (the message gives both figures). Not stored in model files.
+  // init refuses a network (or layer) whose weights, optimizer state, index and scratch would
+  // need more than this many bytes (the message gives both figures). Not stored in model files.
   size_t max_bytes = default_max_bytes;
 
   // LSH output layer (output == lsh).
@@ -587,17 +603,18 @@ struct Metrics {
   double mean_candidates = 0;    // InferMode::lsh: neurons scored per example
 };
 
-// Cumulative training counters and the time split of training (seconds, wall clock).
+// Cumulative training counters and the time split of training (seconds, wall clock). An
+// OutputLayer fills the output-layer fields and counts its own batches, examples and seconds.
 struct TrainStats {
   uint64_t batches = 0, examples = 0, epochs = 0;
   double seconds = 0;            // total training wall time
   double mean_loss_last_epoch = 0;
-  // Output-layer time split.
-  double hidden_seconds = 0;     // input layer forward
+  // Time split.
+  double hidden_seconds = 0;     // input layer and hidden stack forward (Model)
   double hash_seconds = 0;       // hashing the queries (lsh)
   double query_seconds = 0;      // table look-ups and active-set assembly (lsh)
-  double forward_backward_seconds = 0;
-  double update_seconds = 0;     // gradient merge and Adam (both layers)
+  double forward_backward_seconds = 0;  // output layer
+  double update_seconds = 0;     // gradient merge and Adam (every layer)
   double rehash_seconds = 0;     // re-inserting neurons into the tables (lsh)
   uint64_t rehashes = 0;         // full table rebuilds (including those ending a learning round)
   uint64_t new_hash_functions = 0;
@@ -626,6 +643,130 @@ struct Scored {
   float score;  // logit
 };
 
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Input layers
+//-----------------------------------------------------------------------------------------------
+// A Model's first layer maps a Dataset row x (D features) to act = ReLU(W^T x + b), W D x hidden
+// (row f = feature f's weights), initialised U(-1/sqrt(D), 1/sqrt(D)) as PyTorch's Linear.
+// InputKind::sparse sums the rows of the features present (an embedding bag) and updates only
+// those rows (lazy Adam): the cost follows the non-zeros, whatever D is. InputKind::dense treats
+// the row as a dense vector (absent features are 0): one GEMM per batch and a dense Adam step on
+// all of W, for inputs of up to ~10^4 dense features. Internal to Model; Model::weights shows W.
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Hidden layers
+//-----------------------------------------------------------------------------------------------
+// Config::hidden_layers adds dense ReLU layers y = ReLU(x W + b) (W inputs x outputs, both
+// initialised U(-1/sqrt(inputs), 1/sqrt(inputs))) between the input layer and the output layer,
+// trained with dense Adam. Internal to Model; Model::weights shows them.
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Hash learning
+//-----------------------------------------------------------------------------------------------
+// MONGOOSE's learned hash functions (Config::learn_hash): a round takes a few of the batch's
+// queries, scores every neuron exactly, mines the top neurons the tables missed (positives) and
+// the below-median ones they returned (negatives), trains the SimHash projection on them for
+// hash_steps Adam steps (Config::hash_loss), and swaps it in for the next rebuild.
+
+// The hash learner's triplet loss for one table (HashLoss::triplet), exposed so it can be checked.
+// a, bp, bn are the K pre-tanh projections P_t^T q, P_t^T w+, P_t^T w-; returns
+// max(0, margin - cos(tanh a, tanh bp) + cos(tanh a, tanh bn)) (a zero vector's cosine is 0).
+// When da, dbp, dbn are not null they receive the gradient with respect to a, bp and bn.
+// K in 1..24 (the table bits) and non-null inputs; otherwise NaN is returned.
+float triplet_hinge_loss(const float* a, const float* bp, const float* bn, size_t K, float margin,
+                         float* da = nullptr, float* dbp = nullptr, float* dbn = nullptr);
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Table upkeep and scheduler
+//-----------------------------------------------------------------------------------------------
+// The LSH index of an lsh output layer: every output neuron j is hashed as the MIPS item
+// [w_j, b_j, sqrt(M^2 - |[w_j, b_j]|^2)] (M the largest row norm at the last full build) into L
+// tables of K-bit codes; a query is [h, 1, 0], so the angle SimHash measures orders neurons by
+// inner product. As the weights move the tables go stale: Config::scheduler says when they are
+// rebuilt (fixed period, change detector, incremental re-insertion), Config::new_hash_every when
+// new hash functions are drawn, and learning rounds (Config::learn_hash) run at full rebuilds or
+// every learn_every batches. TrainStats counts checks, rebuilds, re-insertions and their time.
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Output layer
+//-----------------------------------------------------------------------------------------------
+// The softmax output layer over N labels, as a component of its own: the sampled (LSH) or the
+// full softmax, with its weights, optimizer state, hash tables, scheduler, hash learner and label
+// frequencies. Model uses it; so can any network that computes its own d-dimensional inputs (the
+// "hidden vectors" h): give it a batch of h and the rows' labels, get back the loss and dL/dh,
+// and it applies its own update (lazy Adam, the sampling correction, tail drift, table upkeep).
+// Neuron j's row is [w_j (d), b_j, zeros] of stride round_up(d + 2, 8) floats, initialised
+// U(-1/sqrt(d), 1/sqrt(d)). Inputs must be finite with magnitude <= max_feature_value.
+//
+// Thread safety: const calls (topk, retrieval_recall, stats, weights) may run from several threads
+// at once; train, refresh and load need the layer to themselves.
+
+// A batch for OutputLayer::train: `rows` inputs of input_dim floats (row i at inputs + i*stride),
+// and their labels in CSR form, as in Dataset (a row may have none: it is skipped).
+struct LayerBatch {
+  const float* inputs = nullptr;
+  size_t rows = 0;
+  size_t stride = 0;                         // floats between rows; 0 = input_dim
+  const uint32_t* labels = nullptr;          // label ids < labels(), no id twice in a row
+  const uint64_t* label_offsets = nullptr;   // rows + 1 entries, from 0, non-decreasing
+};
+
+class OutputLayer {
+ public:
+  OutputLayer();
+  ~OutputLayer();
+  OutputLayer(OutputLayer&&) noexcept;
+  OutputLayer& operator=(OutputLayer&&) noexcept;
+  OutputLayer(const OutputLayer&) = delete;
+  OutputLayer& operator=(const OutputLayer&) = delete;
+
+  // Creates the layer for input_dim-dimensional inputs (1..65536) and `labels` outputs, reading
+  // the output-layer fields of config (see [SECTION] Configuration); random weights from its seed.
+  Status init(const Config& config, size_t input_dim, size_t labels);
+  bool initialized() const;
+  const Config& config() const;
+  size_t input_dim() const;
+  size_t labels() const;
+
+  // One training step on the batch: the loss (mean cross-entropy over rows with labels) goes to
+  // *loss (optional), dL/dinputs to grad (rows x input_dim, row i at grad + i * grad_stride;
+  // optional: null skips it; grad_stride 0 = input_dim), then the layer updates itself. Refuses
+  // (changing nothing) bad inputs, and a batch whose loss is not finite.
+  Status train(const LayerBatch& batch, float* loss = nullptr, float* grad = nullptr, size_t grad_stride = 0);
+  // The k best labels of each of n inputs (row i at inputs + i * stride; stride 0 = input_dim),
+  // best first, into (*out)[i]: every label scored (full) or the retrieved ones and the shortlist
+  // (lsh; the layer must be lsh). *mean_candidates (optional) gets the labels scored per input.
+  Status topk(const float* inputs, size_t n, size_t stride, size_t k, InferMode mode,
+              std::vector<std::vector<Scored>>* out, double* mean_candidates = nullptr) const;
+  // Top-k retrieval recall of the tables (lsh) for n inputs, as Model::retrieval_recall.
+  Status retrieval_recall(const float* inputs, size_t n, size_t stride, size_t k, double* recall,
+                          double* mean_retrieved) const;
+  // Brings the inference shortlist of frequent labels up to date (and, when every neuron is
+  // active during training, the tables). Model calls it after every epoch; call it after training
+  // before InferMode::lsh inference.
+  Status refresh();
+
+  const TrainStats& stats() const;
+  size_t parameter_bytes() const;   // weights + optimizer state + index
+  // Row-major neuron rows [w_j, b_j, zeros] (labels() rows of row_stride() floats), valid until
+  // the next call that trains or loads.
+  const float* weights() const;
+  size_t row_stride() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  friend Status save_layer(const OutputLayer&, const std::string&, const struct SaveOptions&);
+  friend Status load_layer(const std::string&, OutputLayer*, const struct LoadOptions&);
+};
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] Model
+//-----------------------------------------------------------------------------------------------
+// The network and its training loop: an input layer, the hidden stack and an OutputLayer, trained
+// together with Adam (the convenience API: ten lines train a model; see README).
+//
 // Thread safety: const calls (evaluate, predict, retrieval_recall, weights, stats) may run from
 // several threads at once; calls that train or load need the model to themselves.
 // Every call taking a Dataset validates the rows it uses (validate(const Dataset&); train_batch
@@ -673,12 +814,19 @@ class Model {
 
   // Read-only view of the weights, valid until the next call that trains or loads. W1 is
   // features x hidden (row f = feature f's input weights), b1 has hidden entries; output neuron j
-  // is the row W2 + j * output_stride = [w_j (hidden), b_j, zeros up to output_stride].
+  // is the row W2 + j * output_stride = [w_j (inputs of the output layer), b_j, zeros up to
+  // output_stride]; hidden_layers[l].W is inputs x outputs, row-major.
   struct Weights {
     const float* W1 = nullptr;
     const float* b1 = nullptr;
     const float* W2 = nullptr;
     size_t features = 0, hidden = 0, labels = 0, output_stride = 0;
+    struct Dense {
+      const float* W = nullptr;
+      const float* b = nullptr;
+      size_t inputs = 0, outputs = 0;
+    };
+    std::vector<Dense> hidden_layers;
   };
   Weights weights() const;
 
@@ -702,18 +850,21 @@ class Model {
 // [SECTION] Model I/O
 //-----------------------------------------------------------------------------------------------
 // File format (all integers and floats little-endian):
-//   "MONGOOSE" (8 bytes), format version (u32, currently 3), section count (u32), then sections:
+//   "MONGOOSE" (8 bytes), format version (u32, currently 4), section count (u32), then sections:
 //   tag (4 ASCII bytes), payload length (u64), payload, CRC-32C (u32) of tag + length + payload.
-// Older versions still load, with tail_drift 0 (how they were trained): version 2 (before
-// Config::tail_drift; CONF 4 bytes shorter) and version 1 (before hash_loss too; CONF 12 bytes
-// shorter, loads with the default hash_loss and triplet_margin).
-// Sections, in order: "CONF" (configuration, shapes, step counters), "W1  ", "B1  ", "W2  " (the
-// weights), "HASH" (SimHash projection, learned or not; lsh models), "CODE" (each neuron's table
-// codes, from which the tables are rebuilt; lsh models), "FREQ" (examples counted u64, shortlist
-// length u32, each label's training count u32, the shortlist's labels u32; lsh models), "ADAM"
-// (optimizer moments, optional),
-// "END " (empty). Unknown versions, tags, sizes or checksums are refused with a message naming
-// the file, the section and the byte offset.
+// Version 4 stores the components. A model file: "NETW" (input kind, shapes, training settings,
+// step counters, flags), "OUTC" (the output layer's settings and shapes), "INPW" (the input
+// layer's W then b), "INPA" (its Adam moments, when saved), per hidden layer "HIDW" and "HIDA",
+// then the output layer: "OUTW" (its rows), "OUTA" (Adam moments, when saved), and for lsh layers
+// "HASH" (MIPS norm, SimHash projection, learned or not), "CODE" (each neuron's table codes, from
+// which the tables are rebuilt), "FREQ" (examples counted u64, shortlist length u32, each
+// label's training count u32, the shortlist's labels u32); "END " (empty). A layer file
+// (save_layer) holds the output layer's sections alone, from "OUTC" on.
+// Versions 1 to 3 (one network shape: sections "CONF", "W1  ", "B1  ", "W2  ", "HASH", "CODE",
+// "FREQ", "ADAM") still load, with tail_drift 0 (how they were trained); version 2 lacks
+// Config::tail_drift (CONF 4 bytes shorter), version 1 also hash_loss and triplet_margin (12
+// bytes shorter; defaults). Unknown versions, tags, sizes or checksums are refused with a message
+// naming the file, the section and the byte offset.
 //
 // After load, full-mode predictions are bit-identical to the saved model's. The tables are rebuilt
 // from the saved codes: identical to the saved ones unless the incremental scheduler had updated
@@ -730,7 +881,8 @@ struct LoadOptions {
   // Refuse files whose contents would need more memory than this (bytes), before allocating.
   // It is also the loaded model's Config::max_bytes.
   size_t max_bytes = default_max_bytes;
-  // When not 0, the file's feature / label counts must equal these.
+  // When not 0, the file's feature / label counts must equal these (load_layer: input_dim and
+  // labels).
   size_t expect_features = 0, expect_labels = 0;
   // Training settings (threads, learning rate, callbacks, ...) to use instead of the saved ones;
   // the shape and index settings (hidden, output, hash, K, L, ...) always come from the file.
@@ -744,6 +896,9 @@ struct LoadOptions {
 Status save_model(const Model& model, const std::string& path, const SaveOptions& options = {});
 // Loads a model saved by save_model into *out. On any error *out is left exactly as it was.
 Status load_model(const std::string& path, Model* out, const LoadOptions& options = {});
+// The same for an OutputLayer on its own (its sections only; a model file is refused).
+Status save_layer(const OutputLayer& layer, const std::string& path, const SaveOptions& options = {});
+Status load_layer(const std::string& path, OutputLayer* out, const LoadOptions& options = {});
 
 // CRC-32C (Castagnoli) of size bytes, continuing from crc (0 to start).
 uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);

@@ -564,9 +564,18 @@ TEST_CASE("hardening: a model file cut in END's checksum or with a flipped versi
   Status st = load_model(dir.file("cut.bin"), &back);
   CHECK_MESSAGE(contains(st.message(), "file truncated in section END : its 0 bytes and 4-byte checksum need 4, 2 remain"),
                 st.message());
-  std::string flipped = bytes;
-  flipped[8] = 2;  // format version 3 -> 2
-  write_bytes(dir.file("v.bin"), flipped);
+  for (char version : {'\1', '\2', '\3'}) {
+    std::string flipped = bytes;
+    flipped[8] = version;  // format version 4 -> 1, 2 or 3
+    write_bytes(dir.file("v.bin"), flipped);
+    st = load_model(dir.file("v.bin"), &back);
+    CHECK_MESSAGE(contains(st.message(), "the header says version " + std::to_string(int(version))), st.message());
+    CHECK_MESSAGE(contains(st.message(), "corrupted version field"), st.message());
+  }
+  // And a version-3 file whose version field says 2: its CONF is 4 bytes too long for that.
+  std::string v3 = read_bytes(std::string(MONGOOSE_SOURCE_DIR) + "/tests/models/v3-full.bin");
+  v3[8] = 2;
+  write_bytes(dir.file("v.bin"), v3);
   st = load_model(dir.file("v.bin"), &back);
   CHECK_MESSAGE(contains(st.message(), "but format version 2 has"), st.message());
   CHECK_MESSAGE(contains(st.message(), "corrupted version field"), st.message());

@@ -418,7 +418,10 @@ TEST_CASE("io: save then load reproduces the model exactly") {
       const std::string file = read_bytes(path);
       const std::vector<Section> layout = sections_of(file);
       const Snapshot snap = snapshot(model);
-      const std::pair<const char*, const std::vector<float>*> parts[] = {{"W1  ", &snap.W1}, {"B1  ", &snap.b1}, {"W2  ", &snap.W2}};
+      // INPW holds the input layer's W1 then b1; OUTW the output layer's rows.
+      std::vector<float> input = snap.W1;
+      input.insert(input.end(), snap.b1.begin(), snap.b1.end());
+      const std::pair<const char*, const std::vector<float>*> parts[] = {{"INPW", &input}, {"OUTW", &snap.W2}};
       for (const auto& part : parts) {
         const Section s = find_section(layout, part.first);
         REQUIRE(s.length == part.second->size() * 4);
@@ -714,7 +717,7 @@ TEST_CASE("io: wrong magic, unknown version, missing file") {
   REQUIRE(save_model(m, good).ok());
   const std::string bytes = read_bytes(good);
   REQUIRE(bytes.substr(0, 8) == "MONGOOSE");
-  REQUIRE(get_le32(bytes, 8) == 3u);
+  REQUIRE(get_le32(bytes, 8) == 4u);
 
   const std::string bad = dir.file("bad.bin");
   std::string b = bytes;
@@ -727,7 +730,7 @@ TEST_CASE("io: wrong magic, unknown version, missing file") {
   CHECK(contains(expect_load_failure(bad), "not a mongoose model"));
 
   // Only the version field changes; everything after it is intact and valid.
-  for (uint32_t version : {0u, 4u, 0x01000000u, 0xFFFFFFFFu}) {
+  for (uint32_t version : {0u, 5u, 0x01000000u, 0xFFFFFFFFu}) {
     CAPTURE(version);
     b = bytes;
     put_le32(b, 8, version);
@@ -793,7 +796,7 @@ TEST_CASE("io: LoadOptions expectations and the memory limit") {
   CHECK_MESSAGE(st.ok(), st.message());
 }
 
-TEST_CASE("io: a CONF with a valid checksum but impossible shapes fails fast on the file size") {
+TEST_CASE("io: NETW and OUTC with valid checksums but impossible shapes fail fast on the file size") {
   TempDir dir;
   for (OutputMode output : {OutputMode::full, OutputMode::lsh}) {
     CAPTURE(int(output));
@@ -803,20 +806,25 @@ TEST_CASE("io: a CONF with a valid checksum but impossible shapes fails fast on 
     REQUIRE(save_model(m, path).ok());
     const std::string bytes = read_bytes(path);
     const std::vector<Section> layout = sections_of(bytes);
-    REQUIRE(layout.front().tag == "CONF");
-    const Section conf = find_section(layout, "CONF");
+    REQUIRE(layout.front().tag == "NETW");
+    REQUIRE(layout[1].tag == "OUTC");
+    const Section net = find_section(layout, "NETW"), out = find_section(layout, "OUTC");
     // Our framing is right: the stored checksum is the CRC-32C of tag + length + payload.
-    REQUIRE(get_le32(bytes, conf.crc()) == crc32c(bytes.data() + conf.offset, 12 + size_t(conf.length)));
+    REQUIRE(get_le32(bytes, net.crc()) == crc32c(bytes.data() + net.offset, 12 + size_t(net.length)));
 
-    // The CONF fields are not documented one by one: find the 64-bit counts 21 and 11.
-    auto find_u64 = [&](uint64_t value) {
+    // The fields are not documented one by one: find the 64-bit counts 21 (features, in NETW)
+    // and 11 (labels, in OUTC).
+    auto find_u64 = [&](const Section& sec, uint64_t value) {
       std::vector<size_t> at;
-      for (size_t i = 0; i + 8 <= conf.length; i += 4)
-        if (get_le64(bytes, conf.payload() + i) == value) at.push_back(conf.payload() + i);
-      REQUIRE_MESSAGE(at.size() == 1, "the value ", value, " occurs ", at.size(), " times in CONF");
+      for (size_t i = 0; i + 8 <= sec.length; i += 4)
+        if (get_le64(bytes, sec.payload() + i) == value) at.push_back(sec.payload() + i);
+      REQUIRE_MESSAGE(at.size() == 1, "the value ", value, " occurs ", at.size(), " times in ", sec.tag);
       return at[0];
     };
-    const size_t features_at = find_u64(21), labels_at = find_u64(11);
+    const size_t features_at = find_u64(net, 21), labels_at = find_u64(out, 11);
+    auto reseal = [&](std::string& b, const Section& sec) {
+      put_le32(b, sec.crc(), crc32c(b.data() + sec.offset, 12 + size_t(sec.length)));
+    };
 
     const std::string crafted = dir.file("crafted.bin");
     struct Patch {
@@ -833,7 +841,7 @@ TEST_CASE("io: a CONF with a valid checksum but impossible shapes fails fast on 
       write_bytes(crafted, b);
       CHECK(contains(expect_load_failure(crafted), "checksum"));
       // With one, only the size check can.
-      put_le32(b, conf.crc(), crc32c(b.data() + conf.offset, 12 + size_t(conf.length)));
+      reseal(b, p.at == labels_at ? out : net);
       write_bytes(crafted, b);
       LoadOptions no_limit;
       no_limit.max_bytes = ~size_t(0);  // the memory limit must not be what stops it
@@ -845,54 +853,125 @@ TEST_CASE("io: a CONF with a valid checksum but impossible shapes fails fast on 
       CHECK_MESSAGE(contains(msg, std::to_string(p.value)), msg);
     }
 
-    // A label count one too large (fits the file): the sections' sizes disagree with CONF.
+    // A label count one too large (fits the file): the sections' sizes disagree with OUTC.
     std::string b = bytes;
     put_le64(b, labels_at, 12);
-    put_le32(b, conf.crc(), crc32c(b.data() + conf.offset, 12 + size_t(conf.length)));
+    reseal(b, out);
     write_bytes(crafted, b);
     std::string msg = expect_load_failure(crafted);
     CHECK_MESSAGE(contains(msg, "expected"), msg);
   }
 }
 
-TEST_CASE("io: version-1 and version-2 files (shorter CONF) still load, as they were trained") {
+// The predictions the library that wrote tests/models/v3-*.bin made with them (see the folder's
+// README): "file mode row label:score ...".
+std::vector<std::vector<Scored>> v3_predictions(const std::string& file, const std::string& mode) {
+  std::ifstream in(std::string(MONGOOSE_SOURCE_DIR) + "/tests/models/v3-predictions.txt");
+  REQUIRE_MESSAGE(in.good(), "tests/models/v3-predictions.txt is missing");
+  std::vector<std::vector<Scored>> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    std::string f, m, item;
+    size_t row;
+    ls >> f >> m >> row;
+    if (f != file || m != mode) continue;
+    std::vector<Scored> top;
+    while (ls >> item) {
+      const size_t colon = item.find(':');
+      top.push_back({uint32_t(std::stoul(item.substr(0, colon))), std::stof(item.substr(colon + 1))});
+    }
+    out.push_back(top);
+  }
+  return out;
+}
+
+// The model predicts what the recorded predictions say: the same labels, scores within float
+// rounding of another instruction set.
+void check_v3_predictions(const Model& m, const Dataset& test, const std::string& file) {
+  for (InferMode mode : {InferMode::full, InferMode::lsh}) {
+    if (mode == InferMode::lsh && m.config().output != OutputMode::lsh) continue;
+    const auto expected = v3_predictions(file, mode == InferMode::full ? "full" : "lsh");
+    REQUIRE(expected.size() == test.rows);
+    size_t differ = 0;
+    std::vector<Scored> top;
+    for (size_t r = 0; r < test.rows; ++r) {
+      const Dataset::Row row = test.row(r);
+      REQUIRE(m.predict(row.ids, row.values, row.nnz, 3, mode, &top).ok());
+      bool same = top.size() == expected[r].size();
+      for (size_t i = 0; same && i < top.size(); ++i)
+        same = top[i].label == expected[r][i].label && std::fabs(top[i].score - expected[r][i].score) <= 1e-5f;
+      differ += !same;
+    }
+    CHECK_MESSAGE(differ == 0, file, ": ", differ, " rows predict differently from the recorded predictions");
+  }
+}
+
+TEST_CASE("io: files of format versions 1, 2 and 3 still load, as they were trained, and save as version 4") {
   TempDir dir;
+  // The data the fixtures were trained and recorded on (make_synthetic is deterministic).
+  SyntheticConfig sc;
+  sc.features = 21;
+  sc.labels = 11;
+  sc.train_rows = 120;
+  sc.test_rows = 30;
+  sc.max_labels = 3;
+  sc.prototype_features = 6;
+  sc.noise_features = 2;
+  sc.seed = 5;
   Dataset train, test;
-  synthetic(21, 11, 120, 30, 5, &train, &test);
-  Config config = lsh_config();
-  config.hash_loss = HashLoss::triplet;
-  config.triplet_margin = 0.75f;
-  Model m;
-  trained(config, train, 1, &m);
-  const std::string path = dir.file("v3.bin");
-  REQUIRE(save_model(m, path).ok());
-  const std::string v3 = read_bytes(path);
-  const Section conf = find_section(sections_of(v3), "CONF");
-  // Older CONFs lack the last fields: version 2 tail_drift (f32), version 1 also hash_loss (u32)
-  // and triplet_margin (f32).
-  for (uint32_t version : {1u, 2u}) {
-    CAPTURE(version);
-    const size_t cut = version == 1 ? 12 : 4;
-    std::string old = v3.substr(0, conf.payload() + size_t(conf.length) - cut);
-    old += std::string(4, '\0');  // the CRC, set below
-    old += v3.substr(conf.end());
-    put_le32(old, 8, version);
-    put_le64(old, conf.offset + 4, conf.length - cut);
-    put_le32(old, conf.crc() - cut, crc32c(old.data() + conf.offset, 12 + size_t(conf.length) - cut));
-    const std::string old_path = dir.file("old.bin");
-    write_bytes(old_path, old);
+  REQUIRE(make_synthetic(sc, &train, &test).ok());
+  for (const char* name : {"v3-full.bin", "v3-lsh.bin"}) {
+    CAPTURE(name);
+    const std::string v3 = read_bytes(std::string(MONGOOSE_SOURCE_DIR) + "/tests/models/" + name);
+    REQUIRE(get_le32(v3, 8) == 3u);
+    const bool lsh = std::string(name) == "v3-lsh.bin";
     Model loaded;
-    Status st = load_model(old_path, &loaded);
+    const std::string v3_path = dir.file("v3.bin");
+    write_bytes(v3_path, v3);
+    Status st = load_model(v3_path, &loaded);
     REQUIRE_MESSAGE(st.ok(), st.message());
-    CHECK(loaded.config().hash_loss == (version == 1 ? Config().hash_loss : HashLoss::triplet));
-    CHECK(loaded.config().triplet_margin == (version == 1 ? Config().triplet_margin : 0.75f));
-    CHECK(loaded.config().tail_drift == 0.0f);  // older models were trained without it
-    check_same_predictions(m, loaded, test, InferMode::full, test.rows);
-    // An older header in front of the current CONF is refused: the sizes disagree.
-    std::string mixed = v3;
-    put_le32(mixed, 8, version);
-    write_bytes(old_path, mixed);
-    CHECK(contains(expect_load_failure(old_path), "CONF"));
+    CHECK(loaded.config().tail_drift == (lsh ? 0.5f : Config().tail_drift));
+    check_v3_predictions(loaded, test, name);
+    // Saved again it is a version-4 file that loads to the same predictions.
+    REQUIRE(save_model(loaded, dir.file("v4.bin")).ok());
+    CHECK(get_le32(read_bytes(dir.file("v4.bin")), 8) == 4u);
+    Model again;
+    REQUIRE(load_model(dir.file("v4.bin"), &again).ok());
+    check_same_predictions(loaded, again, test, InferMode::full, test.rows);
+    check_v3_predictions(again, test, name);
+    // It trains on, and so does the version-3 model (same steps, bit for bit).
+    REQUIRE(loaded.train_epoch(train).ok());
+    REQUIRE(again.train_epoch(train).ok());
+    check_same_predictions(loaded, again, test, InferMode::full, test.rows);
+
+    // Older CONFs lack the last fields: version 2 tail_drift (f32), version 1 also hash_loss (u32)
+    // and triplet_margin (f32).
+    const Section conf = find_section(sections_of(v3), "CONF");
+    for (uint32_t version : {1u, 2u}) {
+      CAPTURE(version);
+      const size_t cut = version == 1 ? 12 : 4;
+      std::string old = v3.substr(0, conf.payload() + size_t(conf.length) - cut);
+      old += std::string(4, '\0');  // the CRC, set below
+      old += v3.substr(conf.end());
+      put_le32(old, 8, version);
+      put_le64(old, conf.offset + 4, conf.length - cut);
+      put_le32(old, conf.crc() - cut, crc32c(old.data() + conf.offset, 12 + size_t(conf.length) - cut));
+      const std::string old_path = dir.file("old.bin");
+      write_bytes(old_path, old);
+      Model older;
+      st = load_model(old_path, &older);
+      REQUIRE_MESSAGE(st.ok(), st.message());
+      CHECK(older.config().hash_loss == (version == 1 || !lsh ? Config().hash_loss : HashLoss::triplet));
+      CHECK(older.config().triplet_margin == (version == 1 || !lsh ? Config().triplet_margin : 0.75f));
+      CHECK(older.config().tail_drift == 0.0f);  // older models were trained without it
+      check_v3_predictions(older, test, name);
+      // An older header in front of the version-3 CONF is refused: the sizes disagree.
+      std::string mixed = v3;
+      put_le32(mixed, 8, version);
+      write_bytes(old_path, mixed);
+      CHECK(contains(expect_load_failure(old_path), "CONF"));
+    }
   }
 }
 
@@ -1031,9 +1110,9 @@ TEST_CASE("io: a non-finite loss is an error and leaves the model as it was") {
     std::string file = read_bytes(path);
     const Model::Weights w = m.weights();
     const size_t stride = w.output_stride, H = w.hidden;
-    rewrite_floats(file, "W1  ", [](size_t) { return 0.0f; });
-    rewrite_floats(file, "B1  ", [](size_t) { return 1.0f; });
-    rewrite_floats(file, "W2  ", [&](size_t i) { return i % stride <= H ? 3e38f : 0.0f; });
+    const size_t w1_floats = w.features * H;  // INPW: W1, then b1
+    rewrite_floats(file, "INPW", [&](size_t i) { return i < w1_floats ? 0.0f : 1.0f; });
+    rewrite_floats(file, "OUTW", [&](size_t i) { return i % stride <= H ? 3e38f : 0.0f; });
     write_bytes(path, file);
     Model extreme;
     Status st = load_model(path, &extreme);
