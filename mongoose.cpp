@@ -5081,7 +5081,9 @@ Status open_model_file(const std::string& path, OpenedFile* o) {
   o->sections = hr.u32();
   if (o->version < 1 || o->version > kFormatVersion)
     return Status::error(strf("%s: unknown format version %u (this library reads versions 1 to %u)", path.c_str(), o->version, kFormatVersion));
-  if (o->sections < 5 || o->sections > 64) return Status::error(strf("%s: implausible section count %u", path.c_str(), o->sections));
+  // A layer file has at least OUTC, OUTW and END; a model file of versions 1-3 at least 5.
+  if (o->sections < (o->version >= 4 ? 3u : 5u) || o->sections > 64)
+    return Status::error(strf("%s: implausible section count %u", path.c_str(), o->sections));
   return Status();
 }
 

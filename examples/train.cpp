@@ -41,7 +41,10 @@ void usage(FILE* out) {
   const mongoose::Config d;  // the defaults shown below are the library's
   std::fprintf(out,
                "usage: mongoose-train --train FILE --test FILE [options]\n"
-               "  --hidden N          hidden units (128)\n"
+               "  --hidden N          hidden units of the input layer (128)\n"
+               "  --hidden-layers W,W further dense ReLU layers of these widths after it (none)\n"
+               "  --input sparse|dense  input layer: embedding bag, or dense matrix for up to\n"
+               "                      ~10^4 dense features (sparse)\n"
                "  --epochs E          epochs (5)\n"
                "  --batch B           batch size (128)\n"
                "  --lr LR             Adam learning rate (0.001)\n"
@@ -111,7 +114,7 @@ bool parse_real(const std::string& v, double lo, double hi, double* out) {
 // Options that take a value; anything else but --help and --scalar is unknown.
 bool takes_value(const std::string& a) {
   static const char* const names[] = {
-      "--train", "--test", "--log", "--save", "--load", "--hidden", "--epochs", "--batch", "--lr", "--threads",
+      "--train", "--test", "--log", "--save", "--load", "--hidden", "--hidden-layers", "--input", "--epochs", "--batch", "--lr", "--threads",
       "--seed", "--time-limit", "--normalize", "--eval-every-epoch", "--output", "--hash", "--K", "--L",
       "--bucket-capacity", "--min-active", "--max-active", "--rehash-every", "--rehash-decay", "--new-hash-every",
       "--scheduler", "--tau", "--check-every", "--detector-bits", "--learn-hash", "--learn-every", "--hash-lr",
@@ -158,6 +161,24 @@ std::string parse_args(int argc, char** argv, Options* o) {
     else if (a == "--save") { if (!path(&o->save)) return a + " needs a file path"; }
     else if (a == "--load") { if (!path(&o->load)) return a + " needs a file path"; }
     else if (a == "--hidden") { if (!count(1, 65536)) return bad("an integer in 1..65536"); o->cfg.hidden = uint32_t(n); }
+    else if (a == "--hidden-layers") {
+      // Comma-separated widths, each an integer in 1..65536; "" is not allowed (omit the flag).
+      o->cfg.hidden_layers.clear();
+      size_t start = 0;
+      for (;;) {
+        const size_t comma = v.find(',', start);
+        uint64_t w = 0;
+        if (!parse_count(v.substr(start, comma == std::string::npos ? std::string::npos : comma - start), 1, 65536, &w))
+          return bad("comma-separated integers in 1..65536, e.g. 256,128");
+        o->cfg.hidden_layers.push_back(uint32_t(w));
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+    } else if (a == "--input") {
+      if (v == "sparse") o->cfg.input = mongoose::InputKind::sparse;
+      else if (v == "dense") o->cfg.input = mongoose::InputKind::dense;
+      else return bad("sparse or dense");
+    }
     else if (a == "--epochs") { if (!count(0, 1000000)) return bad("an integer in 0..1000000"); o->epochs = int(n); }
     else if (a == "--batch") { if (!count(1, 65536)) return bad("an integer in 1..65536"); o->cfg.batch_size = uint32_t(n); }
     else if (a == "--lr") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.learning_rate = float(x); }

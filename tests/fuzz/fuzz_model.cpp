@@ -4,8 +4,9 @@
 // Sections carry CRC-32C checksums that random mutations almost never satisfy, so the harness also
 // loads a repaired copy: the section framing is walked and every checksum recomputed, which lets
 // mutations of the payloads (shapes, settings, weights, codes) reach the code behind the checks.
-// In that copy the CONF `threads` field is clamped to 2 so a mutated file cannot make every run
-// start up to 1024 worker threads (a legal setting, but it only slows the fuzzer down).
+// In that copy the `threads` field (of CONF in format versions 1-3, of NETW and OUTC in version 4)
+// is clamped to 2 so a mutated file cannot make every run start up to 1024 worker threads (a
+// legal setting, but it only slows the fuzzer down). Every input is also given to load_layer.
 //
 // When a file loads, the model must: predict (full, and lsh for lsh models), save, load back
 // exactly (weights and full-mode scores bit for bit), and survive one training step. Any
@@ -73,23 +74,49 @@ void put_u32(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = uint8_t((v >> (8 * i)) & 0xFF);
 }
 
-// The repaired copy: walks "MONGOOSE" + version + count, then tag, u64 length, payload, CRC as
-// far as the framing holds, clamping CONF's threads and recomputing each section's CRC-32C.
-std::vector<uint8_t> repaired(const uint8_t* data, size_t size) {
-  std::vector<uint8_t> out(data, data + size);
-  const size_t kThreadsOffset = 7 * 4;  // CONF: hidden, output, lr, beta1, beta2, eps, batch, threads
+// Where a section's thread count is, or SIZE_MAX: CONF (versions 1-3) after hidden, output, lr,
+// beta1, beta2, eps and batch; NETW after input kind, features (u64), hidden, the layer count and
+// widths, lr, beta1, beta2, eps and batch; OUTC after its 30 output-layer fields and the same five.
+size_t threads_offset(const uint8_t* tag, const uint8_t* payload, uint64_t len) {
+  size_t at = SIZE_MAX;
+  if (std::memcmp(tag, "CONF", 4) == 0) at = 7 * 4;
+  if (std::memcmp(tag, "NETW", 4) == 0 && len >= 20) at = 20 + 4 * size_t(std::min<uint32_t>(get_u32(payload + 16), 64)) + 20;
+  if (std::memcmp(tag, "OUTC", 4) == 0) at = 30 * 4 + 20;
+  return at != SIZE_MAX && len >= at + 4 ? at : SIZE_MAX;
+}
+
+// Calls fn(tag, payload, length) for each section as far as the framing holds.
+template <class F>
+void for_each_section(uint8_t* data, size_t size, F&& fn) {
   size_t pos = 16;
   while (size >= 16 && pos <= size && size - pos >= 12 + 4) {
-    uint64_t len = get_u64(&out[pos + 4]);
+    uint64_t len = get_u64(&data[pos + 4]);
     if (len > size - pos - 12 - 4) break;
-    uint8_t* payload = &out[pos + 12];
-    if (std::memcmp(&out[pos], "CONF", 4) == 0 && len >= kThreadsOffset + 4 &&
-        get_u32(payload + kThreadsOffset) > 2)
-      put_u32(payload + kThreadsOffset, 2);
-    put_u32(payload + len, mongoose::crc32c(&out[pos], size_t(12 + len)));
+    fn(&data[pos], &data[pos + 12], len);
     pos += size_t(12 + len + 4);
   }
+}
+
+// The repaired copy: thread counts clamped to 2 and each section's CRC-32C recomputed.
+std::vector<uint8_t> repaired(const uint8_t* data, size_t size) {
+  std::vector<uint8_t> out(data, data + size);
+  for_each_section(out.data(), size, [](uint8_t* tag, uint8_t* payload, uint64_t len) {
+    const size_t at = threads_offset(tag, payload, len);
+    if (at != SIZE_MAX && get_u32(payload + at) > 2) put_u32(payload + at, 2);
+    put_u32(payload + len, mongoose::crc32c(tag, size_t(12 + len)));
+  });
   return out;
+}
+
+// True when some section (checksum or not) asks for more than 2 threads.
+bool asks_for_threads(const uint8_t* data, size_t size) {
+  std::vector<uint8_t> copy(data, data + size);
+  bool many = false;
+  for_each_section(copy.data(), size, [&](uint8_t* tag, uint8_t* payload, uint64_t len) {
+    const size_t at = threads_offset(tag, payload, len);
+    many = many || (at != SIZE_MAX && get_u32(payload + at) > 2);
+  });
+  return many;
 }
 
 std::vector<mongoose::Scored> predict(const mongoose::Model& m, mongoose::InferMode mode) {
@@ -135,6 +162,9 @@ void exercise(mongoose::Model& m) {
   FUZZ_CHECK(same_floats(a.W1, b.W1, a.features * a.hidden));
   FUZZ_CHECK(same_floats(a.b1, b.b1, a.hidden));
   FUZZ_CHECK(same_floats(a.W2, b.W2, a.labels * a.output_stride));
+  FUZZ_CHECK(a.hidden_layers.size() == b.hidden_layers.size());
+  for (size_t l = 0; l < a.hidden_layers.size(); ++l)
+    FUZZ_CHECK(same_floats(a.hidden_layers[l].W, b.hidden_layers[l].W, a.hidden_layers[l].inputs * a.hidden_layers[l].outputs));
   FUZZ_CHECK(same_scores(full, predict(back, mongoose::InferMode::full)));
   if (lsh) FUZZ_CHECK(same_scores(sampled, predict(back, mongoose::InferMode::lsh)));
 
@@ -155,6 +185,30 @@ void exercise(mongoose::Model& m) {
   if (lsh) predict(m, mongoose::InferMode::lsh);
 }
 
+// A layer that loaded: topk, save, load back to the same scores, one training step.
+void exercise_layer(mongoose::OutputLayer& layer) {
+  const size_t d = layer.input_dim();
+  std::vector<float> h(d, 0.5f);
+  std::vector<std::vector<mongoose::Scored>> a, b;
+  FUZZ_CHECK_OK(layer.topk(h.data(), 1, d, 3, mongoose::InferMode::full, &a));
+  const std::string saved = scratch_path("layer");
+  FUZZ_CHECK_OK(mongoose::save_layer(layer, saved));
+  mongoose::OutputLayer back;
+  FUZZ_CHECK_OK(mongoose::load_layer(saved, &back));
+  std::remove(saved.c_str());
+  FUZZ_CHECK_OK(back.topk(h.data(), 1, d, 3, mongoose::InferMode::full, &b));
+  FUZZ_CHECK(same_scores(a[0], b[0]));
+  const uint32_t labels[1] = {0};
+  const uint64_t offsets[2] = {0, 1};
+  mongoose::LayerBatch batch;
+  batch.inputs = h.data();
+  batch.rows = 1;
+  batch.labels = labels;
+  batch.label_offsets = offsets;
+  mongoose::Status st = layer.train(batch);
+  FUZZ_CHECK(st.ok() || !st.message().empty());
+}
+
 void try_load(const uint8_t* data, size_t size) {
   const std::string path = scratch_path("input");
   if (!write_file(path, data, size)) violated("cannot write the scratch file", path);
@@ -162,7 +216,12 @@ void try_load(const uint8_t* data, size_t size) {
   options.max_bytes = size_t(64) << 20;
   mongoose::Model m;
   mongoose::Status st = mongoose::load_model(path, &m, options);
+  mongoose::OutputLayer layer;
+  mongoose::Status layer_st = mongoose::load_layer(path, &layer, options);
   std::remove(path.c_str());
+  FUZZ_CHECK(!(st.ok() && layer_st.ok()));  // a file is a model or a layer, never both
+  if (layer_st.ok()) exercise_layer(layer);
+  FUZZ_CHECK(layer_st.ok() || !layer.initialized());
   if (!st.ok()) {
     FUZZ_CHECK(!st.message().empty());
     FUZZ_CHECK(!m.initialized());  // *out is left as it was
@@ -175,8 +234,7 @@ void try_load(const uint8_t* data, size_t size) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<uint8_t> fixed = repaired(data, size);
-  const bool clamped = size >= 16 + 12 + 32 && std::memcmp(data + 16, "CONF", 4) == 0 &&
-                       get_u32(data + 16 + 12 + 28) > 2;
+  const bool clamped = asks_for_threads(data, size);
   // As is (unless that would run with more than 2 threads), then repaired when different.
   if (!clamped) try_load(data, size);
   if (size && std::memcmp(fixed.data(), data, size) != 0) try_load(fixed.data(), fixed.size());

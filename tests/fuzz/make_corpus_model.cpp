@@ -1,6 +1,7 @@
-// Writes the seed corpus of fuzz_model: three small valid model files (12 features, 4 hidden, 7
-// labels), each trained for a few batches so the weights and optimizer state are not just the
-// initial ones.
+// Writes the seed corpus of fuzz_model: small valid model files of the current format (12
+// features, 4 hidden, 7 labels), each trained for a few batches so the weights and optimizer state
+// are not just the initial ones, and one output-layer file. (The v3-*.model files beside them were
+// written by the format-3 library and are kept, so the old loader is fuzzed too.)
 //   c++ -O2 -std=c++17 -pthread -I. tests/fuzz/make_corpus_model.cpp mongoose.cpp -o /tmp/mk
 //   /tmp/mk tests/fuzz/corpus_model
 #include <cstdio>
@@ -82,5 +83,22 @@ int main(int argc, char** argv) {
   dwta.check_every = 2;
   dwta.detector_bits = 3;
   bad += make(dir + "/lsh-dwta.model", dwta, true);
+
+  // A dense input layer and a stack of two hidden layers (format 4's NETW, INP*, HID* sections).
+  mongoose::Config stack = full;
+  stack.input = mongoose::InputKind::dense;
+  stack.hidden_layers = {3, 2};
+  bad += make(dir + "/stack-dense.model", stack, true);
+
+  // An output layer on its own (save_layer: OUTC first).
+  mongoose::OutputLayer layer;
+  mongoose::Config lc = lsh;
+  lc.threads = 1;
+  mongoose::Status st = layer.init(lc, 4, 7);
+  if (st.ok()) st = mongoose::save_layer(layer, dir + "/layer-lsh.model");
+  if (!st.ok()) {
+    std::fprintf(stderr, "layer-lsh.model: %s\n", st.message().c_str());
+    ++bad;
+  }
   return bad ? 1 : 0;
 }
