@@ -139,17 +139,17 @@ void must(Status st) {
 // Runs an entry point's body: whatever it throws (std::bad_alloc, another standard exception, a
 // callback's exception, a StatusError) comes back as a Status naming `where`.
 template <class F>
-Status guard(const char* where, F&& body) noexcept {
+Status guard(const std::string& where, F&& body) noexcept {
   try {
     return body();
   } catch (StatusError& e) {
     return std::move(e.status);
   } catch (const std::bad_alloc&) {
-    return Status::error(std::string(where) + ": out of memory");
+    return Status::error(where + ": out of memory");
   } catch (const std::exception& e) {
-    return Status::error(std::string(where) + ": " + e.what());
+    return Status::error(where + ": " + e.what());
   } catch (...) {
-    return Status::error(std::string(where) + ": an unknown exception was thrown");
+    return Status::error(where + ": an unknown exception was thrown");
   }
 }
 
@@ -249,12 +249,15 @@ class AtomicFile {
     if (kind == PathKind::directory) return Status::error(target + ": is a directory; nothing was written");
     if (kind == PathKind::other)
       return Status::error(target + ": exists and is not a regular file (a device, FIFO or socket); nothing was written");
-    // A name no one else uses: the process id, a clock reading and an attempt counter; exclusive
-    // creation makes a collision (or a planted symlink) fail instead of being followed.
+    // A short name no one else uses, in the target's directory (so the rename stays on one file
+    // system, and a target name near NAME_MAX still leaves room): the process id, a clock reading
+    // and an attempt counter. Exclusive creation makes a collision (or a planted symlink) fail
+    // instead of being followed.
     const uint64_t stamp = uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
+    const std::string dir = directory_of(target);
     for (uint32_t attempt = 0; attempt < 64; ++attempt) {
-      temp_ = target + strf(".tmp-%llx-%llx", (unsigned long long)process_id(),
-                            (unsigned long long)mix_seed(stamp, attempt, uint64_t(uintptr_t(this))) & 0xFFFFFFFFFFull);
+      temp_ = (dir == "/" ? std::string() : dir) + strf("/.mongoose-%llx-%08llx.tmp", (unsigned long long)process_id(),
+                                                       (unsigned long long)mix_seed(stamp, attempt, uint64_t(uintptr_t(this))) & 0xFFFFFFFFull);
       int err = create_exclusive();
       if (err == 0) return Status();
       if (err != EEXIST) {
@@ -304,6 +307,9 @@ class AtomicFile {
 #endif
     int fd = ::open(temp_.c_str(), flags, 0666);
     if (fd < 0) return errno;
+    // A file replaced keeps its permissions: a private model stays private.
+    struct stat old;
+    if (::stat(target_.c_str(), &old) == 0 && S_ISREG(old.st_mode)) (void)::fchmod(fd, old.st_mode & 07777);
     file_ = ::fdopen(fd, "wb");
     if (!file_) {
       int err = errno;
@@ -1289,9 +1295,9 @@ class ThreadPool {
     try {
       workers_.reserve(threads_);
       for (uint32_t w = 1; w < threads_; ++w) workers_.emplace_back([this, w] { loop(w); });
-    } catch (...) {
+    } catch (const std::exception& e) {
       shut_down();
-      throw;
+      throw StatusError{Status::error(strf("could not start %u worker threads (Config::threads): %s", threads_, e.what()))};
     }
   }
   ~ThreadPool() { shut_down(); }
@@ -1488,9 +1494,11 @@ Status check_dataset_shape(const Dataset& d) {
     return Status::error(strf("%s: features = %zu out of range [1, 2^32)", name.c_str(), d.features));
   if (d.labels == 0 || d.labels > 0xFFFFFFFFull)
     return Status::error(strf("%s: labels = %zu out of range [1, 2^32)", name.c_str(), d.labels));
-  if (d.row_offsets.size() != d.rows + 1 || d.label_offsets.size() != d.rows + 1)
-    return Status::error(strf("%s: row_offsets and label_offsets need rows + 1 = %zu entries, they have %zu and %zu",
-                              name.c_str(), d.rows + 1, d.row_offsets.size(), d.label_offsets.size()));
+  // (size() - 1 != rows, not size() != rows + 1: rows may be SIZE_MAX, and rows + 1 would wrap.)
+  if (d.row_offsets.empty() || d.label_offsets.empty() || d.row_offsets.size() - 1 != d.rows ||
+      d.label_offsets.size() - 1 != d.rows)
+    return Status::error(strf("%s: row_offsets and label_offsets need rows + 1 entries (rows = %zu), they have %zu and %zu",
+                              name.c_str(), d.rows, d.row_offsets.size(), d.label_offsets.size()));
   if (d.row_offsets[0] != 0 || d.label_offsets[0] != 0)
     return Status::error(name + ": row_offsets and label_offsets must start at 0");
   if (d.feature_values.size() != d.feature_ids.size())
@@ -1532,7 +1540,8 @@ Status Dataset::add_row(const uint32_t* ids, const float* values, size_t nnz, co
   return guard("Dataset::add_row", [&] {
     if (nnz && (!ids || !values)) return Status::error(strf("Dataset::add_row: row %zu: ids or values is null", rows));
     if (num_labels && !row_labels) return Status::error(strf("Dataset::add_row: row %zu: labels is null", rows));
-    if (row_offsets.size() != rows + 1 || label_offsets.size() != rows + 1 || feature_ids.size() != feature_values.size())
+    if (row_offsets.empty() || label_offsets.empty() || row_offsets.size() - 1 != rows ||
+        label_offsets.size() - 1 != rows || feature_ids.size() != feature_values.size())
       return Status::error(strf("Dataset::add_row: row %zu: the dataset's arrays are inconsistent (see validate)", rows));
     std::vector<uint64_t> scratch;
     std::string fault = row_fault(ids, values, nnz, row_labels, num_labels, features, labels, &scratch);
@@ -1679,8 +1688,9 @@ class XcParser {
     declared_rows_ = size_t(vals[0]);
     data_.features = size_t(vals[1]);
     data_.labels = size_t(vals[2]);
-    // A stream's header is not backed by its size: reserve at most a million rows up front.
-    const size_t reserve = total_bytes_ >= 0 ? declared_rows_ : std::min<size_t>(declared_rows_, size_t(1) << 20);
+    // At most a million rows are reserved up front, whatever the header says: the rows that
+    // really follow grow the arrays, so memory follows the data, not the claim.
+    const size_t reserve = std::min<size_t>(declared_rows_, size_t(1) << 20);
     data_.row_offsets.reserve(reserve + 1);
     data_.label_offsets.reserve(reserve + 1);
     header_done_ = true;
@@ -1854,7 +1864,7 @@ Status parse_xc(const char* text, size_t size, const std::string& name, Dataset*
 }
 
 Status read_xc(const std::string& path, Dataset* out, const ReadOptions& options) {
-  return guard("read_xc", [&] {
+  return guard("read_xc: " + path, [&] {
     if (!out) return Status::error("read_xc: out is null");
     Status st = check_read_options("read_xc", options);
     if (!st.ok()) return st;
@@ -1870,10 +1880,16 @@ Status read_xc(const std::string& path, Dataset* out, const ReadOptions& options
     XcParser parser(path, size, options);
     // Stream in chunks of complete lines; a line split across chunks is carried over to the next.
     // The buffer grows only for a line longer than it, up to max_line_bytes.
-    std::vector<char> buf(std::min(size_t(4) << 20, options.max_line_bytes + 1));  // grows to max_line_bytes + 2
+    // The buffer holds a line of up to max_line_bytes plus its newline and one byte more, which
+    // check_pending needs to see that the line is too long (computed without wrapping).
+    const size_t largest = options.max_line_bytes < SIZE_MAX - 2 ? options.max_line_bytes + 2 : SIZE_MAX;
+    std::vector<char> buf(std::min(size_t(4) << 20, largest));
     size_t carried = 0;
     for (;;) {
-      if (carried == buf.size()) buf.resize(std::min(buf.size() * 2, options.max_line_bytes + 2));
+      if (carried == buf.size()) {
+        if (buf.size() == largest) return parser.check_pending(buf.data(), buf.size());  // cannot happen: too long
+        buf.resize(buf.size() > largest / 2 ? largest : buf.size() * 2);
+      }
       size_t got = std::fread(buf.data() + carried, 1, buf.size() - carried, f);
       size_t have = carried + got;
       bool eof = got == 0;
@@ -2454,7 +2470,14 @@ void HashTables::query_into(const uint32_t* codes, QueryResult* out) const {
     const Bucket* b = find_bucket(t, codes[t] & mask);
     if (!b) continue;
     for (uint32_t id : b->ids) {
-      if (id >= out->slot.size()) out->slot.resize(std::max<size_t>(size_t(id) + 1, out->slot.size() * 2), 0);
+      if (id >= out->slot.size()) {
+        // The scratch has one entry per possible id (ids should be dense, 0..n-1).
+        if (uint64_t(id) + 1 > default_max_bytes / sizeof(uint32_t))
+          throw StatusError{Status::error(strf("HashTables::query: item id %u needs a %llu-byte query scratch, over the "
+                                               "memory limit of %zu (item ids should be dense, 0..n-1)", id,
+                                               (unsigned long long)(uint64_t(id) + 1) * 4, default_max_bytes))};
+        out->slot.resize(std::min<size_t>(std::max<size_t>(size_t(id) + 1, out->slot.size() * 2), default_max_bytes / 4), 0);
+      }
       uint32_t s = out->slot[id];
       if (s == 0) {
         out->ids.push_back(id);
@@ -2470,6 +2493,8 @@ void HashTables::query_into(const uint32_t* codes, QueryResult* out) const {
 Status HashTables::keep_top_hits(QueryResult* r, size_t m) {
   if (!r) return Status::error("HashTables::keep_top_hits: result is null");
   if (r->hits.size() != r->ids.size()) return Status::error("HashTables::keep_top_hits: ids and hits differ in size");
+  for (uint32_t id : r->ids)
+    if (id >= r->slot.size()) return Status::error("HashTables::keep_top_hits: the result was not filled by query (slot too short)");
   return guard("HashTables::keep_top_hits", [&] {
     keep_top_hits_into(r, m);
     return Status();
@@ -4204,6 +4229,12 @@ uint64_t output_layer_bytes(const Config& c, uint64_t d, uint64_t N, uint64_t th
     ints = add_sat(ints, mul(N, add_sat(2, threads)));             // detector codes, query slots
     const uint64_t buckets = std::min<uint64_t>(N, uint64_t(1) << c.K);
     ints = add_sat(ints, mul(L, mul(buckets, 12)));               // bucket headers and directories
+    // The hash functions: a SimHash projection of (d+2) x K*L floats (and its learner's copy,
+    // moments and gradient), or DWTA's slot tables; the detector's projection.
+    const uint64_t bits = mul(c.K, L);
+    if (c.hash == HashFamily::simhash) floats = add_sat(floats, mul(mul(d + 2, bits), c.learn_hash ? 5 : 1));
+    else ints = add_sat(ints, add_sat(mul(d + 2, 1), mul(mul(uint64_t(c.K) + 8, L) << 8, 2)));
+    floats = add_sat(floats, mul(d + 1, c.detector_bits));
   }
   return add_sat(mul(floats, 4), mul(ints, 4));
 }
@@ -4540,9 +4571,10 @@ Status Model::Impl::train_batch(const Dataset& data, const uint32_t* idx, size_t
     for (size_t i = 0; i < d; ++i)
       if (!(top[e * d + i] <= kMaxMagnitude)) {
         --step;
-        return Status::error(strf("training refused at batch %llu: hidden unit %zu of row %u is %g, above 1e18 "
+        return Status::error(strf("training refused at batch %llu: %s: hidden unit %zu is %g, above 1e18 "
                                   "(inputs too large or weights diverged); the model is unchanged",
-                                  (unsigned long long)(own.batches + 1), i, idx[e], double(top[e * d + i])));
+                                  (unsigned long long)(own.batches + 1), row_location(data, idx[e]).c_str(), i,
+                                  double(top[e * d + i])));
       }
   float* grad = dact.data();
   if (!stack.empty()) {
@@ -4574,7 +4606,11 @@ Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
 
 Status Model::init(const Config& config, size_t features, size_t labels) {
-  return guard("Model::init", [&] { return init_checked(config, features, labels); });
+  if (busy_) return Status::error("Model::init: called while the model trains (from Config::on_progress?)");
+  // Running out of memory is reported with the size of what was being made.
+  const uint64_t need = model_bytes(config, features, labels, resolve_threads(config.threads <= 1024 ? config.threads : 1));
+  return guard(strf("Model::init (%zu features, %zu labels: about %llu bytes)", features, labels, (unsigned long long)need),
+               [&] { return init_checked(config, features, labels); });
 }
 
 Status Model::init_checked(const Config& config, size_t features, size_t labels) {
@@ -4644,6 +4680,7 @@ Status check_compatible(const Model& m, const Dataset& data, const char* where, 
 
 Status Model::train_batch(const Dataset& data, const uint32_t* rows, size_t n, float* loss) {
   if (!impl_) return Status::error("Model::train_batch: the model is not initialized (call init)");
+  if (busy_) return Status::error("Model::train_batch: called while the model trains (from Config::on_progress?)");
   if (!rows || n == 0) return Status::error("Model::train_batch: no rows given");
   return guard("Model::train_batch", [&] {
     Status st = check_compatible(*this, data, "Model::train_batch", rows, n);
@@ -4654,6 +4691,14 @@ Status Model::train_batch(const Dataset& data, const uint32_t* rows, size_t n, f
 
 Status Model::train_epoch(const Dataset& data) {
   if (!impl_) return Status::error("Model::train_epoch: the model is not initialized (call init)");
+  if (busy_) return Status::error("Model::train_epoch: called while the model trains (from Config::on_progress?)");
+  // While the epoch runs (and calls on_progress), calls that would replace or train the model
+  // are refused: the epoch holds on to its state.
+  struct Busy {
+    bool& flag;
+    explicit Busy(bool& f) : flag(f) { flag = true; }
+    ~Busy() { flag = false; }
+  } busy(busy_);
   return guard("Model::train_epoch", [&] { return train_epoch_checked(data); });
 }
 
@@ -4944,8 +4989,17 @@ Status read_state(SectionReader& r, const char* tag, const std::vector<StateArra
   for (const StateArray& a : state)
     if (st.ok() && a.moment == moments) st = r.floats(a.values, a.values->size());
   if (st.ok()) st = r.check_crc();
+  // Adam's second moments are averages of squares: a negative one is a corrupted file (it would
+  // make the next step's square root NaN).
+  for (const StateArray& a : state)
+    if (st.ok() && a.moment == moments && std::strstr(a.name, "Adam v"))
+      for (size_t i = 0; i < a.values->size(); ++i)
+        if (!((*a.values)[i] >= 0.0f)) return r.fail(strf("section %s: %s value %zu is negative", tag, a.name, i));
   return st;
 }
+
+// Step counters beyond 2^62 cannot come from training (and step + 1 must not wrap).
+constexpr uint64_t kMaxStep = uint64_t(1) << 62;
 
 // A file that load would refuse is never written: every saved value must be finite.
 Status check_finite(const std::string& path, const std::vector<StateArray>& state, bool optimizer) {
@@ -5043,7 +5097,8 @@ Status read_end(SectionReader& r, uint64_t file_size, uint32_t sections) {
   uint64_t len;
   Status st = r.next(tag, &len);
   if (!st.ok()) return st;
-  if (std::strcmp(tag, "END ") != 0 || len != 0) return r.fail(strf("expected the END section, found '%s'", tag));
+  if (std::strcmp(tag, "END ") != 0) return r.fail(strf("expected the END section, found '%s'", tag));
+  if (len != 0) return r.fail(strf("the END section must be empty, it claims %llu bytes", (unsigned long long)len));
   if (!(st = r.check_crc()).ok()) return st;
   if (r.offset() != file_size) return r.fail("trailing bytes after the END section");
   if (r.sections_read() != sections)
@@ -5064,6 +5119,10 @@ struct OpenedFile {
 };
 
 Status open_model_file(const std::string& path, OpenedFile* o) {
+  // Checked before opening: opening a FIFO without a writer would block forever.
+  const PathKind kind = path_kind(path);
+  if (kind == PathKind::directory) return Status::error(path + ": is a directory, not a model file");
+  if (kind == PathKind::other) return Status::error(path + ": not a regular file (a model is read from a file whose size is known)");
   o->f = std::fopen(path.c_str(), "rb");
   if (!o->f) return Status::error(strf("%s: cannot open: %s", path.c_str(), std::strerror(errno)));
   bool is_directory = false;
@@ -5108,6 +5167,7 @@ Status read_output_config(SectionReader& r, Config* c, OutputShape* s) {
   if (s->N == 0 || s->N > 0xFFFFFFFFull) return r.fail("OUTC: label count out of range");
   if (s->d == 0 || s->d > 65536) return r.fail("OUTC: input width out of range");
   if (s->ld != round_up(size_t(s->d) + 2, 8)) return r.fail("OUTC: row stride does not match the input width");
+  if (s->step > kMaxStep || s->generation > kMaxStep) return r.fail("OUTC: implausible step or generation counter (a corrupted file?)");
   return Status();
 }
 
@@ -5181,6 +5241,7 @@ Status load_model_legacy(const std::string& path, const OpenedFile& file, const 
 
 Status load_model(const std::string& path, Model* out, const LoadOptions& options) {
   if (!out) return Status::error("load_model: out is null");
+  if (out->busy_) return Status::error("load_model: the model it would replace is training (from Config::on_progress?)");
   return guard("load_model", [&]() -> Status {
     OpenedFile file;
     Status st = open_model_file(path, &file);
@@ -5260,6 +5321,7 @@ Status load_model_v4(const std::string& path, const OpenedFile& file, const Load
   const uint64_t step = b.u64(), epoch = b.u64();
   const uint32_t flags = b.u32();
   if (flags & ~1u) return r.fail("NETW: unknown flags (written by a newer version?)");
+  if (step > kMaxStep || epoch > kMaxStep) return r.fail("NETW: implausible step or epoch counter (a corrupted file?)");
   const bool optimizer = (flags & 1) != 0;
   Config trained_as = c;  // the training settings NETW holds win over OUTC's copy
   OutputShape s;
@@ -5342,6 +5404,8 @@ Status load_model_legacy(const std::string& path, const OpenedFile& file, const 
   c.learn_hash = b.u32() != 0; c.learn_every = b.u32(); c.learn_queries = b.u32(); c.hash_steps = b.u32(); c.hash_lr = b.f32();
   c.hash_binarize = b.u32() != 0;
   const uint64_t D = b.u64(), N = b.u64(), ld = b.u64(), step = b.u64(), epoch = b.u64(), generation = b.u64();
+  if (step > kMaxStep || epoch > kMaxStep || generation > kMaxStep)
+    return r.fail("CONF: implausible step, epoch or generation counter (a corrupted file?)");
   const uint64_t flags = b.u64();
   if (flags & 0xFFFFFFFCull) return r.fail("CONF: unknown flags (written by a newer version?)");
   c.sampling_correction = (flags & 1) != 0;

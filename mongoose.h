@@ -588,7 +588,9 @@ struct Config {
 
   // Called after every batch; return false to stop training (train_epoch then returns ok). If it
   // throws, train_epoch returns the exception's message as an error; the batch it reported on is
-  // trained, nothing after it.
+  // trained, nothing after it. It may read the model (stats, evaluate); init, train_batch,
+  // train_epoch and load_model into the model are refused while it runs, and it must not move
+  // or destroy the model.
   std::function<bool(const Progress&)> on_progress;
 };
 Status validate(const Config& config);
@@ -842,6 +844,7 @@ class Model {
   Status predict_checked(const uint32_t* ids, const float* values, size_t nnz, size_t k, InferMode mode,
                          std::vector<Scored>* out) const;
   std::unique_ptr<Impl> impl_;
+  bool busy_ = false;  // an epoch is running: init, training and loading into it are refused
   friend Status save_model(const Model&, const std::string&, const struct SaveOptions&);
   friend Status load_model(const std::string&, Model*, const struct LoadOptions&);
 };

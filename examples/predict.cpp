@@ -9,8 +9,10 @@
 
 #include "../mongoose.h"
 
+#include <cerrno>
 #include <charconv>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -26,8 +28,13 @@ int main(int argc, char** argv) {
   std::string model_path, input_path;
   uint64_t k = 5;
   mongoose::InferMode mode = mongoose::InferMode::full;
+  const char* usage = "usage: mongoose-predict --model FILE --input FILE [--k 5] [--infer full|lsh]\n";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(usage, stdout);
+      return 0;
+    }
     if (a != "--model" && a != "--input" && a != "--k" && a != "--infer") {
       std::fprintf(stderr, "mongoose-predict: unknown option %s\n", a.c_str());
       return 2;
@@ -61,7 +68,7 @@ int main(int argc, char** argv) {
     }
   }
   if (model_path.empty() || input_path.empty()) {
-    std::fprintf(stderr, "usage: mongoose-predict --model FILE --input FILE [--k 5] [--infer full|lsh]\n");
+    std::fputs(usage, stderr);
     return 2;
   }
   mongoose::Model model;
@@ -87,6 +94,8 @@ int main(int argc, char** argv) {
     }
     if (st.ok()) std::printf("%s\n", line.c_str());
   }
+  if (st.ok() && (std::fflush(stdout) != 0 || std::ferror(stdout)))
+    st = mongoose::Status::error(std::string("writing the predictions failed: ") + std::strerror(errno));
   if (!st.ok()) {
     std::fprintf(stderr, "mongoose-predict: %s\n", st.message().c_str());
     return 1;

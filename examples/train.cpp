@@ -69,7 +69,7 @@ void usage(FILE* out) {
                "  --scheduler fixed|detect|incremental  when to update the tables (fixed)\n"
                "  --tau X             detect: rebuild when this fraction of detector bits flipped (0.05)\n"
                "  --check-every N     detect/incremental: batches between checks (50)\n"
-               "  --detector-bits N   change-detector bits per neuron (16)\n"
+               "  --detector-bits N   change-detector bits per neuron, 1..24 (16)\n"
                "  --learn-hash on|off learned hash functions (off)\n"
                "  --learn-every N     batches between learning rounds, 0 = at each rebuild (0)\n"
                "  --hash-lr X         learning rate of the projection (0.01)\n"
@@ -82,11 +82,14 @@ void usage(FILE* out) {
                "  --tail-drift X      lsh: the full softmax's downward drift of inactive rows, in\n"
                "                      learning rates per batch, [0, 10] (%g; 0 = off)\n"
                "  --infer full|lsh    inference mode for the final evaluation (full)\n"
-               "  --save FILE         save the trained model (atomically: FILE.tmp, then rename)\n"
+               "  --infer-shortlist N lsh inference also scores the N most frequent labels (%u; 0 = the\n"
+               "                      tables alone)\n"
+               "  --save FILE         save the trained model (atomically: a new temporary file, then\n"
+               "                      a rename; checked before training)\n"
                "  --load FILE         start from a saved model (continue training, or --epochs 0 to\n"
                "                      only evaluate); its shape and index settings win\n"
                "  --scalar            force the portable scalar kernels\n",
-               d.K, d.L, d.min_active, d.max_active, double(d.triplet_margin), double(d.tail_drift));
+               d.K, d.L, d.min_active, d.max_active, double(d.triplet_margin), double(d.tail_drift), d.infer_shortlist);
 }
 
 // A whole decimal integer in [lo, hi]: digits only, so "1.5", "0x10", "-1" and "1e3" are refused
@@ -107,6 +110,7 @@ bool parse_real(const std::string& v, double lo, double hi, double* out) {
   errno = 0;
   double x = std::strtod(v.c_str(), &end);
   if (errno || end != v.c_str() + v.size() || !std::isfinite(x) || x < lo || x > hi) return false;
+  if (x != 0 && float(x) == 0.0f) return false;  // would silently become 0 (a feature turned off)
   *out = x;
   return true;
 }
@@ -119,7 +123,7 @@ bool takes_value(const std::string& a) {
       "--bucket-capacity", "--min-active", "--max-active", "--rehash-every", "--rehash-decay", "--new-hash-every",
       "--scheduler", "--tau", "--check-every", "--detector-bits", "--learn-hash", "--learn-every", "--hash-lr",
       "--hash-steps", "--binarize", "--hash-loss", "--triplet-margin", "--exact-retrieval", "--tail-drift",
-      "--sampling-correction", "--infer"};
+      "--sampling-correction", "--infer", "--infer-shortlist"};
   for (const char* n : names)
     if (a == n) return true;
   return false;
@@ -181,7 +185,7 @@ std::string parse_args(int argc, char** argv, Options* o) {
     }
     else if (a == "--epochs") { if (!count(0, 1000000)) return bad("an integer in 0..1000000"); o->epochs = int(n); }
     else if (a == "--batch") { if (!count(1, 65536)) return bad("an integer in 1..65536"); o->cfg.batch_size = uint32_t(n); }
-    else if (a == "--lr") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.learning_rate = float(x); }
+    else if (a == "--lr") { if (!num(1e-9, 1)) return bad("a number in [1e-9, 1]"); o->cfg.learning_rate = float(x); }
     else if (a == "--threads") { if (!count(0, 1024)) return bad("an integer in 0..1024"); o->cfg.threads = uint32_t(n); }
     else if (a == "--seed") { if (!count(0, ~uint64_t(0))) return bad("an integer in 0..18446744073709551615"); o->cfg.seed = n; }
     else if (a == "--time-limit") { if (!num(0, 1e9)) return bad("seconds >= 0"); o->time_limit = x; }
@@ -214,22 +218,23 @@ std::string parse_args(int argc, char** argv, Options* o) {
       else if (v == "detect") o->cfg.scheduler = mongoose::Scheduler::detect;
       else if (v == "incremental") o->cfg.scheduler = mongoose::Scheduler::incremental;
       else return bad("fixed, detect or incremental");
-    } else if (a == "--tau") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.tau = float(x); }
+    } else if (a == "--tau") { if (!num(1e-9, 1)) return bad("a number in [1e-9, 1]"); o->cfg.tau = float(x); }
     else if (a == "--check-every") { if (!count(1, 4294967295)) return bad("an integer in 1..4294967295"); o->cfg.check_every = uint32_t(n); }
-    else if (a == "--detector-bits") { if (!count(1, 32)) return bad("an integer in 1..32"); o->cfg.detector_bits = uint32_t(n); }
+    else if (a == "--detector-bits") { if (!count(1, 24)) return bad("an integer in 1..24"); o->cfg.detector_bits = uint32_t(n); }
     else if (a == "--learn-hash") { if (!onoff(&o->cfg.learn_hash)) return bad("on or off"); }
     else if (a == "--learn-every") { if (!count(0, 4294967295)) return bad("an integer in 0..4294967295"); o->cfg.learn_every = uint32_t(n); }
-    else if (a == "--hash-lr") { if (!num(1e-9, 1)) return bad("a number in (0, 1]"); o->cfg.hash_lr = float(x); }
+    else if (a == "--hash-lr") { if (!num(1e-9, 1)) return bad("a number in [1e-9, 1]"); o->cfg.hash_lr = float(x); }
     else if (a == "--hash-steps") { if (!count(1, 10000)) return bad("an integer in 1..10000"); o->cfg.hash_steps = uint32_t(n); }
     else if (a == "--binarize") { if (!onoff(&o->cfg.hash_binarize)) return bad("on or off"); }
     else if (a == "--hash-loss") {
       if (v == "bce") o->cfg.hash_loss = mongoose::HashLoss::bce;
       else if (v == "triplet") o->cfg.hash_loss = mongoose::HashLoss::triplet;
       else return bad("bce or triplet");
-    } else if (a == "--triplet-margin") { if (!num(1e-9, 2)) return bad("a number in (0, 2]"); o->cfg.triplet_margin = float(x); }
+    } else if (a == "--triplet-margin") { if (!num(1e-9, 2)) return bad("a number in [1e-9, 2]"); o->cfg.triplet_margin = float(x); }
     else if (a == "--exact-retrieval") { if (!onoff(&o->cfg.exact_retrieval)) return bad("on or off"); }
     else if (a == "--tail-drift") { if (!num(0, 10)) return bad("a number in [0, 10]"); o->cfg.tail_drift = float(x); }
     else if (a == "--sampling-correction") { if (!onoff(&o->cfg.sampling_correction)) return bad("on or off"); }
+    else if (a == "--infer-shortlist") { if (!count(0, 4294967295u)) return bad("an integer in 0..4294967295"); o->cfg.infer_shortlist = uint32_t(n); }
     else if (a == "--infer") {
       if (v != "full" && v != "lsh") return bad("full or lsh");
       o->infer = v;
@@ -237,15 +242,30 @@ std::string parse_args(int argc, char** argv, Options* o) {
   }
   if (o->train.empty()) return "--train FILE is required";
   if (o->test.empty()) return "--test FILE is required";
-  if (o->infer == "lsh" && o->cfg.output != mongoose::OutputMode::lsh) return "--infer lsh needs --output lsh";
+  // With --load the file's output mode wins; main checks --infer lsh against it before training.
+  if (o->infer == "lsh" && o->load.empty() && o->cfg.output != mongoose::OutputMode::lsh) return "--infer lsh needs --output lsh";
   return "";
 }
 
-// True when both paths name one existing file (same device and inode), however they are spelled.
+// The path with its directory resolved (symlinks, "..", "./"), for files that may not exist yet:
+// realpath of the directory, then the last component.
+std::string resolved(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  char* real = realpath(dir.c_str(), nullptr);
+  if (!real) return path;
+  std::string out = std::string(real) + "/" + name;
+  std::free(real);
+  return out;
+}
+
+// True when both paths name one file: the same device and inode when both exist (however they
+// are spelled: hard links too), else the same resolved path.
 bool same_file(const std::string& a, const std::string& b) {
   struct stat sa, sb;
-  if (stat(a.c_str(), &sa) != 0 || stat(b.c_str(), &sb) != 0) return false;
-  return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  if (stat(a.c_str(), &sa) == 0 && stat(b.c_str(), &sb) == 0) return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  return resolved(a) == resolved(b);
 }
 
 // The outputs are neither an input nor each other, and can be created: checked before training,
@@ -336,6 +356,8 @@ int main(int argc, char** argv) {
     if (st.ok()) {
       o.cfg = model.config();
       o.mongoose_mode = o.mongoose_mode && o.cfg.output == mongoose::OutputMode::lsh;
+      if (o.infer == "lsh" && o.cfg.output != mongoose::OutputMode::lsh)
+        st = mongoose::Status::error("--infer lsh: " + o.load + " is a full-softmax model (no tables to infer with)");
     }
   }
   if (!st.ok()) {
@@ -421,5 +443,9 @@ int main(int argc, char** argv) {
     line += buf;
   }
   std::printf("%s\n", line.c_str());
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    std::fprintf(stderr, "mongoose-train: writing the result line failed: %s\n", std::strerror(errno));
+    return 1;
+  }
   return 0;
 }

@@ -127,6 +127,17 @@ run_cases() {
   [ "$(cat "$work/victim.txt")" = "precious" ] || { echo "cli: FAIL symlink: victim overwritten"; failures=$((failures + 1)); }
   grep -q '^epoch,seconds' "$work/log.csv" 2>/dev/null || { echo "cli: FAIL log: no CSV header"; failures=$((failures + 1)); }
   rm -f "$work/model.bin.tmp"
+  # Outputs that are the same file however they are spelled, before either exists.
+  expect_refusal "save and log, spelled apart" "--save and --log name the same file" "$train_bin" "${T[@]}" \
+    --save "$work/./same.out" --log "$work/same.out"
+  [ -e "$work/same.out" ] && { echo "cli: FAIL same.out was written"; failures=$((failures + 1)); rm -f "$work/same.out"; }
+  # Ranges stated as they are; values that would underflow to 0 are refused.
+  expect_refusal "lr below range" "expected a number in [1e-9, 1]" "$train_bin" "${T[@]}" --lr 1e-10
+  expect_refusal "tail drift underflow" "bad value '1e-50' for --tail-drift" "$train_bin" "${T[@]}" --tail-drift 1e-50
+  expect_refusal "detector bits 25" "expected an integer in 1..24" "$train_bin" "${T[@]}" --detector-bits 25
+  # A result that cannot be written is an error.
+  cases=$((cases + 1))
+  if "$train_bin" "${T[@]}" >/dev/full 2>/dev/null; then echo "cli: FAIL >/dev/full: exit 0"; failures=$((failures + 1)); fi
   # mongoose-predict.
   expect_success "predict" "$predict_bin" --model "$work/model.bin" --input "$work/test.txt" --k 3
   expect_refusal "predict another data set" "declares 20 features but the model takes 32" "$predict_bin" \
@@ -137,6 +148,19 @@ run_cases() {
     --input "$work/test.txt"
   expect_refusal "predict a directory as model" "is a directory" "$predict_bin" --model "$work" --input "$work/test.txt"
   expect_refusal "predict empty model path" "--model needs a file path" "$predict_bin" --model "" --input "$work/test.txt"
+  expect_success "predict --help" "$predict_bin" --help
+  cases=$((cases + 1))
+  if "$predict_bin" --model "$work/model.bin" --input "$work/test.txt" >/dev/full 2>/dev/null; then
+    echo "cli: FAIL predict >/dev/full: exit 0"; failures=$((failures + 1))
+  fi
+  mkfifo "$work/model.fifo"
+  expect_refusal "predict a FIFO as model" "not a regular file" timeout 20 "$predict_bin" --model "$work/model.fifo" \
+    --input "$work/test.txt"
+  rm -f "$work/model.fifo"
+  # --load of a full model with --infer lsh: refused before training, nothing saved.
+  expect_refusal "load full, infer lsh" "is a full-softmax model" "$train_bin" "${T[@]}" --load "$work/model.bin" \
+    --infer lsh --save "$work/late.bin"
+  [ -e "$work/late.bin" ] && { echo "cli: FAIL late.bin was saved"; failures=$((failures + 1)); rm -f "$work/late.bin"; }
 }
 
 run_cases

@@ -582,3 +582,190 @@ TEST_CASE("hardening: a model file cut in END's checksum or with a flipped versi
   st = load_model(dir.path, &back);
   CHECK(st.message() == dir.path + ": is a directory, not a model file");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cases found by a hostile review of the first hardening pass
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("hardening: a Dataset claiming SIZE_MAX rows is refused, not wrapped") {
+  Dataset d;
+  d.features = 4;
+  d.labels = 2;
+  d.rows = SIZE_MAX;
+  d.row_offsets.clear();
+  d.label_offsets.clear();
+  CHECK_MESSAGE(contains(validate(d).message(), "need rows + 1 entries"), validate(d).message());
+  CHECK_FALSE(normalize_rows(&d).ok());
+  TempDir dir;
+  CHECK_FALSE(write_xc(dir.file("x.txt"), d).ok());
+  const uint32_t id = 1;
+  const float v = 1;
+  CHECK(contains(d.add_row(&id, &v, 1, nullptr, 0).message(), "inconsistent"));
+  CHECK(d.rows == SIZE_MAX);
+  Model m;
+  REQUIRE(m.init(small_config(OutputMode::full), 4, 2).ok());
+  CHECK_FALSE(m.train_epoch(d).ok());
+}
+
+TEST_CASE("hardening: calls from inside on_progress that would replace the model are refused") {
+  Dataset train, test;
+  make_data(64, 11, &train, &test);
+  Config c = small_config(OutputMode::lsh);
+  Model m;
+  std::vector<std::string> refusals;
+  c.on_progress = [&](const Progress&) -> bool {
+    refusals.push_back(m.init(small_config(OutputMode::full), train.features, train.labels).message());
+    refusals.push_back(m.train_epoch(train).message());
+    const uint32_t row = 0;
+    refusals.push_back(m.train_batch(train, &row, 1).message());
+    Metrics met;
+    refusals.push_back(m.evaluate(test, InferMode::full, &met).ok() ? "" : "evaluate failed");  // reading is fine
+    return true;
+  };
+  REQUIRE(m.init(c, train.features, train.labels).ok());
+  TempDir dir;
+  REQUIRE(save_model(m, dir.file("m.bin")).ok());
+  Status st = m.train_epoch(train);
+  REQUIRE_MESSAGE(st.ok(), st.message());
+  REQUIRE(refusals.size() >= 4);
+  CHECK(contains(refusals[0], "called while the model trains"));
+  CHECK(contains(refusals[1], "called while the model trains"));
+  CHECK(contains(refusals[2], "called while the model trains"));
+  CHECK(refusals[3].empty());
+  CHECK(m.stats().batches == 8);  // the epoch ran as if nothing had been asked
+  CHECK(m.init(small_config(OutputMode::full), train.features, train.labels).ok());  // after: fine
+}
+
+TEST_CASE("hardening: max_line_bytes at the top of its range does not wrap") {
+  TempDir dir;
+  std::string text = "2 5 3\n0";
+  for (int i = 0; i < 5; ++i) text += " " + std::to_string(i) + ":1";
+  text += "\n1 2:1\n";
+  write_bytes(dir.file("ok.txt"), text);
+  for (size_t limit : {SIZE_MAX, SIZE_MAX - 1, SIZE_MAX - 2}) {
+    ReadOptions o;
+    o.max_line_bytes = limit;
+    Dataset d;
+    Status st = read_xc(dir.file("ok.txt"), &d, o);
+    CHECK_MESSAGE(st.ok(), st.message());
+    CHECK(d.rows == 2);
+  }
+}
+
+TEST_CASE("hardening: the memory budget counts the hash projection and its learner") {
+  Config c;
+  c.output = OutputMode::lsh;
+  c.hidden = 4096;
+  c.K = 24;
+  c.L = 1024;
+  c.learn_hash = true;
+  c.max_bytes = size_t(64) << 20;
+  Model m;
+  Status st = m.init(c, 10, 10);
+  CHECK_MESSAGE(contains(st.message(), "over the memory limit of 67108864"), st.message());
+  OutputLayer layer;
+  st = layer.init(c, 4096, 10);
+  CHECK_MESSAGE(contains(st.message(), "over the memory limit of 67108864"), st.message());
+}
+
+TEST_CASE("hardening: item ids too large for the query scratch are refused") {
+  TableConfig tc;
+  tc.K = 2;
+  tc.L = 1;
+  HashTables t;
+  REQUIRE(t.init(tc).ok());
+  const uint32_t code = 1;
+  REQUIRE(t.insert(0xFFFFFFFFu, &code).ok());
+  QueryResult qr;
+  Status st = t.query(&code, &qr);
+  if (sizeof(size_t) >= 8 && default_max_bytes >= (uint64_t(1) << 34)) {
+    CHECK(st.ok());  // a 16 GB scratch would fit the budget
+  } else {
+    CHECK_MESSAGE(contains(st.message(), "query scratch"), st.message());
+  }
+  QueryResult hand;
+  hand.ids = {5};
+  hand.hits = {1};
+  CHECK(contains(HashTables::keep_top_hits(&hand, 1).message(), "not filled by query"));
+}
+
+TEST_CASE("hardening: a FIFO as a model file is refused at once; saves keep the target's permissions") {
+  TempDir dir;
+  const std::string fifo = dir.file("model.fifo");
+  REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+  Model m;
+  Status st = load_model(fifo, &m);  // would block in fopen if it opened first
+  CHECK_MESSAGE(contains(st.message(), "not a regular file"), st.message());
+  OutputLayer layer;
+  CHECK_FALSE(load_layer(fifo, &layer).ok());
+  REQUIRE(m.init(small_config(OutputMode::full), 5, 3).ok());
+  const std::string path = dir.file("private.bin");
+  write_bytes(path, "old");
+  REQUIRE(chmod(path.c_str(), 0600) == 0);
+  REQUIRE(save_model(m, path).ok());
+  struct stat st_mode;
+  REQUIRE(stat(path.c_str(), &st_mode) == 0);
+  CHECK((st_mode.st_mode & 0777) == 0600);
+  // A target name near NAME_MAX still leaves room for the temporary.
+  const std::string longname = dir.file(std::string(240, 'm') + ".bin");
+  st = save_model(m, longname);
+  CHECK_MESSAGE(st.ok(), st.message());
+}
+
+TEST_CASE("hardening: crafted model files with impossible optimizer state or counters are refused") {
+  TempDir dir;
+  Model m;
+  Dataset train, test;
+  make_data(40, 12, &train, &test);
+  REQUIRE(m.init(small_config(OutputMode::full), train.features, train.labels).ok());
+  REQUIRE(m.train_epoch(train).ok());
+  const std::string path = dir.file("m.bin");
+  REQUIRE(save_model(m, path).ok());
+  const std::string good = read_bytes(path);
+  // Walk the sections: tag (4), length (u64), payload, CRC-32C of tag + length + payload.
+  auto find = [&](const std::string& b, const std::string& tag, size_t* payload, uint64_t* len) {
+    size_t pos = 16;
+    while (pos + 16 <= b.size()) {
+      uint64_t n = 0;
+      for (int i = 0; i < 8; ++i) n |= uint64_t(uint8_t(b[pos + 4 + size_t(i)])) << (8 * i);
+      if (b.compare(pos, 4, tag) == 0) {
+        *payload = pos + 12;
+        *len = n;
+        return pos;
+      }
+      pos += size_t(12 + n + 4);
+    }
+    return size_t(0);
+  };
+  auto reseal = [&](std::string& b, size_t at, uint64_t len) {
+    const uint32_t crc = crc32c(b.data() + at, size_t(12 + len));
+    for (int i = 0; i < 4; ++i) b[at + 12 + size_t(len) + size_t(i)] = char((crc >> (8 * i)) & 0xFF);
+  };
+  // A negative second moment (the last float of OUTA is a v).
+  std::string bad = good;
+  size_t payload = 0;
+  uint64_t len = 0;
+  size_t at = find(bad, "OUTA", &payload, &len);
+  REQUIRE(at);
+  const float minus = -1.0f;
+  std::memcpy(&bad[payload + size_t(len) - 4], &minus, 4);
+  reseal(bad, at, len);
+  write_bytes(dir.file("bad.bin"), bad);
+  Model back;
+  Status st = load_model(dir.file("bad.bin"), &back);
+  CHECK_MESSAGE(contains(st.message(), "is negative"), st.message());
+  // An END section that is not empty.
+  bad = good;
+  at = find(bad, "END ", &payload, &len);
+  REQUIRE(at);
+  bad[at + 4] = 1;
+  bad.insert(payload, 1, 'x');
+  reseal(bad, at, 1);
+  write_bytes(dir.file("bad.bin"), bad);
+  st = load_model(dir.file("bad.bin"), &back);
+  CHECK_MESSAGE(contains(st.message(), "must be empty"), st.message());
+  // A Config with an unknown Simd value.
+  Config c = small_config(OutputMode::full);
+  c.simd = Simd(9);
+  CHECK(contains(validate(c).message(), "Config.simd"));
+}
