@@ -278,6 +278,17 @@ Status parse_xc(const char* text, size_t size, const std::string& name, Dataset*
 // to 9 significant digits, so they read back exactly.
 Status write_xc(const std::string& path, const Dataset& data);
 
+// A compact binary copy of a Dataset, for data read many times: a file of checksummed sections
+// ("MONGODAT", format version u32, section count u32; then SHAP: rows, features, labels as u64;
+// ROWO, FIDS, FVAL, LABO, LIDS: the five arrays, little-endian; END). Converting once with
+// save_dataset makes later reads I/O-bound (no parsing); load_dataset checks every checksum,
+// every size against the file and ReadOptions::max_bytes before allocating, then validate().
+// The file is written atomically (see [SECTION] Files). Errors name the path and byte offset.
+Status save_dataset(const std::string& path, const Dataset& data);
+Status load_dataset(const std::string& path, Dataset* out, const ReadOptions& options = {});
+// Reads either kind: a binary dataset (by its magic) or XC text (read_xc).
+Status read_dataset(const std::string& path, Dataset* out, const ReadOptions& options = {});
+
 // Scales each row's feature values to unit L2 norm (rows with no features, or all zeros, are left
 // alone). Errors only for a null pointer.
 Status normalize_rows(Dataset* data);
@@ -338,6 +349,9 @@ class Hasher {
   // product (gemm) then sign packing. `scratch` avoids allocation when reused (grows as needed).
   Status hash_batch(const float* vs, size_t n, size_t ld, uint32_t* codes,
                     std::vector<float>* scratch = nullptr) const;
+  // SimHash only: the K*L projections P^T v of n dense vectors into scores (row i at
+  // scores + i*K*L; the codes are their signs), for multi-probe queries.
+  Status project(const float* vs, size_t n, size_t ld, float* scores) const;
 
   // SimHash projection matrix: dim rows x (K*L) columns, row-major; column t*K+b is bit b of
   // table t. Any real values work (learned projections, +-1, ...).
@@ -411,7 +425,9 @@ class HashTables {
   Status build(const uint32_t* codes, size_t n, uint32_t threads = 1);
 
   // Union of the buckets codes[t] over all tables, with hit counts, into *out (cleared first).
-  Status query(const uint32_t* codes, QueryResult* out) const;
+  // With per_table > 1 (multi-probe), codes holds per_table codes for each table, table by table
+  // (table t's at codes[t * per_table ..]); every bucket found counts one hit.
+  Status query(const uint32_t* codes, QueryResult* out, size_t per_table = 1) const;
   // Keeps only the m items with the most hits (ties: first seen), in descending hit order.
   static Status keep_top_hits(QueryResult* result, size_t m);
   // The ids in bucket `bucket` of table `table` (empty if never used).
@@ -442,7 +458,7 @@ class HashTables {
   Status check_ready(const char* where, bool pointers_given) const;
   // The calls after their checks (they may throw std::bad_alloc; the callers guard).
   void build_tables(const uint32_t* codes, size_t n, uint32_t threads);
-  void query_into(const uint32_t* codes, QueryResult* out) const;
+  void query_into(const uint32_t* codes, QueryResult* out, size_t per_table) const;
   static void keep_top_hits_into(QueryResult* result, size_t m);
 };
 
@@ -560,17 +576,33 @@ struct Config {
   // InferMode::lsh scores the retrieved neurons and this many of the most frequent training labels
   // (counted during training, kept in model files); 0 = retrieved neurons only.
   uint32_t infer_shortlist = 1024;
+  // Each example's active set includes the neurons its query retrieves from the tables. false =
+  // the shared set alone (a sampled softmax with in-batch and random negatives): the tables are
+  // then rebuilt once per epoch, for InferMode::lsh, and not maintained during training.
+  bool retrieval = true;
+  // Store the output layer's rows and Adam moments as bfloat16 (the top half of each fp32,
+  // rounded to nearest even; the arithmetic stays fp32): half the memory and memory traffic of
+  // the widest layer, in model files too. Model::weights().W2 and OutputLayer::weights() are then
+  // null.
+  bool bf16 = false;
+  // Multi-probe queries (SimHash): besides its own bucket, every table is also looked up in the
+  // buckets whose code differs in one of the query's `probes` least certain bits (the smallest
+  // |projections|), in training; infer_probes the same for InferMode::lsh. 0..K.
+  uint32_t probes = 0, infer_probes = 0;
   uint32_t rehash_every = 50;     // re-insert all neurons every this many batches (0 = never)
   float rehash_decay = 0.0f;      // > 0: the period grows by exp(decay * rehashes) (SLIDE paper)
   uint32_t new_hash_every = 0;    // draw new hash functions every this many batches (0 = never)
 
-  // MONGOOSE scheduler: when to bring the tables up to date with the weights.
+  // MONGOOSE scheduler: when to bring the tables up to date with the weights. Checks look at the
+  // neurons that training updated since the last build (detect) or the last check (incremental):
+  // only those can have moved, and at 10^6 labels most neurons of a check's window never do.
   Scheduler scheduler = Scheduler::fixed;
   uint32_t check_every = 50;      // detect/incremental: batches between checks, >= 1
   uint32_t detector_bits = 16;    // bits of the change detector's SimHash per neuron, 1..24
-  uint32_t detector_sample = 4096; // detect: neurons sampled per check (0 = all); incremental
-                                   // always checks every neuron
-  float tau = 0.05f;              // detect: full rebuild when this fraction of detector bits flipped
+  uint32_t detector_sample = 4096; // detect: updated neurons sampled per check (0 = all of them);
+                                   // incremental always checks every updated neuron
+  float tau = 0.05f;              // detect: full rebuild when this fraction of the sampled neurons'
+                                  // detector bits flipped
   float full_rebuild_fraction = 0.3f;  // incremental: full rebuild when more neurons changed
   // incremental: also re-insert neurons whose [w, b] moved by more than this fraction of its
   // norm at insertion (relative L2 change); 0 = off. Keeps a copy of the output weights.
@@ -637,6 +669,12 @@ struct TrainStats {
   double recall_before_sum = 0, recall_after_sum = 0;      // top-5 retrieval recall, summed over rounds
   double active_sum = 0;         // sum over examples of the active-set size (lsh)
   double active_mean() const { return examples ? active_sum / double(examples) : 0.0; }
+  // Memory traffic of training, counted from what each batch touches: every weight row read for
+  // the forward pass, and read and written with both Adam moments by the update (7 passes over
+  // a row's floats; scratch and batch buffers, which stay in cache, are not counted). Divided by
+  // the training seconds it is the achieved bandwidth that bench-scale sets against a STREAM
+  // triad measured in the same run.
+  double bytes_moved = 0;
 };
 
 // One scored label.
@@ -747,6 +785,11 @@ class OutputLayer {
   // active during training, the tables). Model calls it after every epoch; call it after training
   // before InferMode::lsh inference.
   Status refresh();
+  // Replaces the LSH index (lsh layers): new hash functions and tables, built from the current
+  // weights, with index's hash, K, L, hash_density, bucket_capacity, bucket_policy, probes and
+  // infer_probes (a learned projection is dropped). An index for inference can differ from the
+  // one that served training: e.g. more tables and probes once training is done.
+  Status rebuild_index(const Config& index);
 
   const TrainStats& stats() const;
   size_t parameter_bytes() const;   // weights + optimizer state + index
@@ -813,6 +856,8 @@ class Model {
   Status retrieval_recall(const Dataset& data, size_t max_rows, size_t k, double* recall,
                           double* mean_retrieved) const;
   size_t parameter_bytes() const;  // weights + optimizer state + index
+  // The output layer's LSH index replaced, as OutputLayer::rebuild_index (lsh models).
+  Status rebuild_index(const Config& index);
 
   // Read-only view of the weights, valid until the next call that trains or loads. W1 is
   // features x hidden (row f = feature f's input weights), b1 has hidden entries; output neuron j

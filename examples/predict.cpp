@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
   mongoose::Model model;
   mongoose::Status st = mongoose::load_model(model_path, &model);
   mongoose::Dataset data;
-  if (st.ok()) st = mongoose::read_xc(input_path, &data);
+  if (st.ok()) st = mongoose::read_dataset(input_path, &data);
   // Feature ids mean nothing across data sets: the input must declare the model's feature count.
   if (st.ok() && data.features != model.features())
     st = mongoose::Status::error(feature_mismatch(input_path, data.features, model.features()));

@@ -84,6 +84,12 @@ void usage(FILE* out) {
                "  --infer full|lsh    inference mode for the final evaluation (full)\n"
                "  --infer-shortlist N lsh inference also scores the N most frequent labels (%u; 0 = the\n"
                "                      tables alone)\n"
+               "  --retrieval on|off  lsh: retrieved neurons join each example's active set (on; off =\n"
+               "                      the shared set alone, a plain sampled softmax)\n"
+               "  --probes N          multi-probe: per table also the buckets of the N least certain\n"
+               "                      bits flipped, in training (0)\n"
+               "  --infer-probes N    the same for --infer lsh (0)\n"
+               "  --bf16 on|off       store the output layer's rows and Adam moments as bfloat16 (off)\n"
                "  --save FILE         save the trained model (atomically: a new temporary file, then\n"
                "                      a rename; checked before training)\n"
                "  --load FILE         start from a saved model (continue training, or --epochs 0 to\n"
@@ -123,7 +129,7 @@ bool takes_value(const std::string& a) {
       "--bucket-capacity", "--min-active", "--max-active", "--rehash-every", "--rehash-decay", "--new-hash-every",
       "--scheduler", "--tau", "--check-every", "--detector-bits", "--learn-hash", "--learn-every", "--hash-lr",
       "--hash-steps", "--binarize", "--hash-loss", "--triplet-margin", "--exact-retrieval", "--tail-drift",
-      "--sampling-correction", "--infer", "--infer-shortlist"};
+      "--sampling-correction", "--infer", "--infer-shortlist", "--retrieval", "--probes", "--infer-probes", "--bf16"};
   for (const char* n : names)
     if (a == n) return true;
   return false;
@@ -234,6 +240,10 @@ std::string parse_args(int argc, char** argv, Options* o) {
     else if (a == "--exact-retrieval") { if (!onoff(&o->cfg.exact_retrieval)) return bad("on or off"); }
     else if (a == "--tail-drift") { if (!num(0, 10)) return bad("a number in [0, 10]"); o->cfg.tail_drift = float(x); }
     else if (a == "--sampling-correction") { if (!onoff(&o->cfg.sampling_correction)) return bad("on or off"); }
+    else if (a == "--retrieval") { if (!onoff(&o->cfg.retrieval)) return bad("on or off"); }
+    else if (a == "--bf16") { if (!onoff(&o->cfg.bf16)) return bad("on or off"); }
+    else if (a == "--probes") { if (!count(0, 24)) return bad("an integer in 0..24"); o->cfg.probes = uint32_t(n); }
+    else if (a == "--infer-probes") { if (!count(0, 24)) return bad("an integer in 0..24"); o->cfg.infer_probes = uint32_t(n); }
     else if (a == "--infer-shortlist") { if (!count(0, 4294967295u)) return bad("an integer in 0..4294967295"); o->cfg.infer_shortlist = uint32_t(n); }
     else if (a == "--infer") {
       if (v != "full" && v != "lsh") return bad("full or lsh");
@@ -309,8 +319,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   mongoose::Dataset train, test;
-  mongoose::Status st = mongoose::read_xc(o.train, &train);
-  if (st.ok()) st = mongoose::read_xc(o.test, &test);
+  mongoose::Status st = mongoose::read_dataset(o.train, &train);
+  if (st.ok()) st = mongoose::read_dataset(o.test, &test);
   if (!st.ok()) {
     std::fprintf(stderr, "mongoose-train: %s\n", st.message().c_str());
     return 1;
@@ -401,9 +411,10 @@ int main(int argc, char** argv) {
   std::string line = "result mode=" + std::string(o.mongoose_mode ? "mongoose" : o.cfg.output == mongoose::OutputMode::lsh ? "lsh" : "full");
   char buf[512];
   std::snprintf(buf, sizeof buf,
-                " epochs=%d train_seconds=%.3f examples_per_second=%.1f p@1=%.4f p@3=%.4f p@5=%.4f peak_rss_mb=%.1f",
+                " epochs=%d train_seconds=%.3f examples_per_second=%.1f p@1=%.4f p@3=%.4f p@5=%.4f peak_rss_mb=%.1f"
+                " parameter_mb=%.1f data_mb=%.1f",
                 epochs_done, s.seconds, s.seconds > 0 ? double(s.examples) / s.seconds : 0.0, m.p_at_1, m.p_at_3,
-                m.p_at_5, peak_rss_mb());
+                m.p_at_5, peak_rss_mb(), double(model.parameter_bytes()) / 1e6, double(train.bytes() + test.bytes()) / 1e6);
   line += buf;
   if (o.cfg.output == mongoose::OutputMode::lsh) {
     std::snprintf(buf, sizeof buf, " active_mean=%.1f rehashes=%llu rehash_seconds=%.3f", s.active_mean(),

@@ -755,3 +755,64 @@ TEST_CASE("data: underflowing values become 0 or denormal; a BOM is named; one r
   st = parse("2 5 2\n0 3:1\n", &out);
   CHECK(st.message() == "t.txt:3:1: file ends after 1 row but the header declares 2");
 }
+
+TEST_CASE("data: binary datasets round trip exactly and refuse damage") {
+  const std::string text =
+      "4 9 5\n"
+      "0,3 1:0.5 7:-2.25\n"
+      " 2:1e-30\n"
+      "4 0:1 8:3.5 5:7\n"
+      "1,2 \n";
+  Dataset d;
+  REQUIRE(parse(text, &d).ok());
+  const std::string path = temp_path("bin"), copy = temp_path("bin_copy");
+  REQUIRE(mongoose::save_dataset(path, d).ok());
+  Dataset back;
+  Status st = mongoose::load_dataset(path, &back);
+  REQUIRE_MESSAGE(st.ok(), st.message());
+  CHECK(same_dataset(back, d));
+  CHECK(back.source == path);
+  // read_dataset tells the two kinds apart.
+  Dataset either;
+  REQUIRE(mongoose::read_dataset(path, &either).ok());
+  CHECK(same_dataset(either, d));
+  const std::string txt = temp_path("bin_text");
+  REQUIRE(write_file(txt, text));
+  REQUIRE(mongoose::read_dataset(txt, &either).ok());
+  CHECK(same_dataset(either, d));
+  // Every single-bit flip of the file is refused (checksums, sizes, validation), *out untouched.
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  REQUIRE(f);
+  std::string bytes;
+  for (int c; (c = std::fgetc(f)) != EOF;) bytes += char(c);
+  std::fclose(f);
+  size_t refused = 0;
+  for (size_t bit = 0; bit < bytes.size() * 8; ++bit) {
+    std::string b = bytes;
+    b[bit / 8] = char(b[bit / 8] ^ (1 << (bit % 8)));
+    REQUIRE(write_file(copy, b));
+    Dataset out = sentinel_dataset();
+    const Dataset before = out;
+    st = mongoose::load_dataset(copy, &out);
+    refused += !st.ok();
+    CHECK(same_dataset(out, before) == !st.ok());
+    CHECK(printable_ascii(st.message()));
+  }
+  CHECK(refused == bytes.size() * 8);
+  // Truncations and a budget too small are refused.
+  for (size_t cut : {size_t(0), size_t(10), size_t(16), bytes.size() / 2, bytes.size() - 1}) {
+    REQUIRE(write_file(copy, bytes.substr(0, cut)));
+    CHECK_FALSE(mongoose::load_dataset(copy, &back).ok());
+  }
+  ReadOptions small;
+  small.max_bytes = 40;
+  st = mongoose::load_dataset(path, &back, small);
+  CHECK_MESSAGE(st.message().find("memory limit") != std::string::npos, st.message());
+  // An invalid dataset is never written.
+  Dataset bad = d;
+  bad.feature_ids[0] = 9;
+  CHECK_FALSE(mongoose::save_dataset(copy, bad).ok());
+  std::remove(path.c_str());
+  std::remove(copy.c_str());
+  std::remove(txt.c_str());
+}

@@ -1160,3 +1160,114 @@ TEST_CASE("layers: Model::init refuses bad hidden_layers and input kinds, naming
   CHECK_MESSAGE(st.ok(), st.message());
   CHECK(deep.weights().hidden_layers.size() == 16);
 }
+
+// ---------------------------------------------------------------------------------------------
+// bfloat16 storage of the output layer
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("layers: bf16 output rows train close to fp32, halve the layer, and round trip through files") {
+  SyntheticConfig sc;
+  sc.features = 300;
+  sc.labels = 400;
+  sc.train_rows = 1500;
+  sc.test_rows = 300;
+  sc.seed = 17;
+  Dataset train, test;
+  REQUIRE(make_synthetic(sc, &train, &test).ok());
+  TempDir dir;
+  for (OutputMode output : {OutputMode::full, OutputMode::lsh}) {
+    CAPTURE(int(output));
+    Config c;
+    c.hidden = 32;
+    c.output = output;
+    c.threads = 2;
+    c.K = 6;
+    c.L = 8;
+    c.min_active = 32;
+    Model f32, b16;
+    REQUIRE(f32.init(c, train.features, train.labels).ok());
+    c.bf16 = true;
+    REQUIRE(b16.init(c, train.features, train.labels).ok());
+    CHECK(b16.weights().W2 == nullptr);  // no fp32 rows to show
+    for (int e = 0; e < 4; ++e) {
+      REQUIRE(f32.train_epoch(train).ok());
+      REQUIRE(b16.train_epoch(train).ok());
+    }
+    Metrics mf, mb;
+    REQUIRE(f32.evaluate(test, InferMode::full, &mf).ok());
+    REQUIRE(b16.evaluate(test, InferMode::full, &mb).ok());
+    MESSAGE("bf16 P@1 ", mb.p_at_1, " against fp32 ", mf.p_at_1);
+    CHECK(mf.p_at_1 > 0.3);
+    CHECK(std::fabs(mb.p_at_1 - mf.p_at_1) < 0.05);
+    // The output layer's rows and moments take half the bytes.
+    const size_t stride = f32.weights().output_stride;
+    const double output_f32 = 3.0 * double(train.labels) * double(stride) * 4;
+    CHECK(double(f32.parameter_bytes() - b16.parameter_bytes()) == doctest::Approx(output_f32 / 2).epsilon(0.01));
+    // Files: smaller by the same amount, and a loaded model predicts bit for bit the same.
+    REQUIRE(save_model(f32, dir.file("f32.bin")).ok());
+    REQUIRE(save_model(b16, dir.file("b16.bin")).ok());
+    CHECK(read_bytes(dir.file("b16.bin")).size() < read_bytes(dir.file("f32.bin")).size() * 3 / 4 + 1);
+    Model back;
+    Status st = load_model(dir.file("b16.bin"), &back);
+    REQUIRE_MESSAGE(st.ok(), st.message());
+    CHECK(back.config().bf16);
+    std::vector<Scored> a, b;
+    for (size_t r = 0; r < 40; ++r) {
+      const Dataset::Row row = test.row(r);
+      REQUIRE(b16.predict(row.ids, row.values, row.nnz, 5, InferMode::full, &a).ok());
+      REQUIRE(back.predict(row.ids, row.values, row.nnz, 5, InferMode::full, &b).ok());
+      REQUIRE(a.size() == b.size());
+      for (size_t i = 0; i < a.size(); ++i) {
+        CHECK(a[i].label == b[i].label);
+        CHECK(std::memcmp(&a[i].score, &b[i].score, 4) == 0);
+      }
+    }
+    // Training on is identical too (same bytes saved after one more epoch each).
+    REQUIRE(b16.train_epoch(train).ok());
+    REQUIRE(back.train_epoch(train).ok());
+    if (output == OutputMode::full) {
+      REQUIRE(save_model(b16, dir.file("x.bin")).ok());
+      REQUIRE(save_model(back, dir.file("y.bin")).ok());
+      CHECK(read_bytes(dir.file("x.bin")) == read_bytes(dir.file("y.bin")));
+    }
+  }
+}
+
+TEST_CASE("layers: a bf16 OutputLayer is deterministic and its rows round trip through a layer file") {
+  Config c;
+  c.output = OutputMode::full;
+  c.threads = 2;
+  c.bf16 = true;
+  OutputLayer a, b;
+  REQUIRE(a.init(c, 6, 9).ok());
+  REQUIRE(b.init(c, 6, 9).ok());
+  CHECK(a.weights() == nullptr);
+  std::vector<float> h(4 * 6);
+  for (size_t i = 0; i < h.size(); ++i) h[i] = float((i * 7) % 11) / 11.0f;
+  const uint32_t labels[] = {1, 4, 2, 8};
+  const uint64_t offsets[] = {0, 1, 2, 3, 4};
+  LayerBatch batch;
+  batch.inputs = h.data();
+  batch.rows = 4;
+  batch.labels = labels;
+  batch.label_offsets = offsets;
+  std::vector<float> ga(h.size()), gb(h.size());
+  float la = 0, lb = 0;
+  for (int step = 0; step < 3; ++step) {
+    REQUIRE(a.train(batch, &la, ga.data()).ok());
+    REQUIRE(b.train(batch, &lb, gb.data()).ok());
+    CHECK(std::memcmp(&la, &lb, 4) == 0);
+    CHECK(std::memcmp(ga.data(), gb.data(), ga.size() * 4) == 0);
+  }
+  std::vector<std::vector<Scored>> top;
+  REQUIRE(a.topk(h.data(), 4, 6, 9, InferMode::full, &top).ok());
+  CHECK(top[0].size() == 9);
+  TempDir dir;
+  REQUIRE(save_layer(a, dir.file("a.bin")).ok());
+  OutputLayer back;
+  REQUIRE(load_layer(dir.file("a.bin"), &back).ok());
+  std::vector<std::vector<Scored>> again;
+  REQUIRE(back.topk(h.data(), 4, 6, 9, InferMode::full, &again).ok());
+  for (size_t i = 0; i < 4; ++i)
+    for (size_t j = 0; j < 9; ++j) CHECK(std::memcmp(&top[i][j].score, &again[i][j].score, 4) == 0);
+}

@@ -76,12 +76,12 @@ void put_u32(uint8_t* p, uint32_t v) {
 
 // Where a section's thread count is, or SIZE_MAX: CONF (versions 1-3) after hidden, output, lr,
 // beta1, beta2, eps and batch; NETW after input kind, features (u64), hidden, the layer count and
-// widths, lr, beta1, beta2, eps and batch; OUTC after its 30 output-layer fields and the same five.
+// widths, lr, beta1, beta2, eps and batch; OUTC after its 32 output-layer fields and the same five.
 size_t threads_offset(const uint8_t* tag, const uint8_t* payload, uint64_t len) {
   size_t at = SIZE_MAX;
   if (std::memcmp(tag, "CONF", 4) == 0) at = 7 * 4;
   if (std::memcmp(tag, "NETW", 4) == 0 && len >= 20) at = 20 + 4 * size_t(std::min<uint32_t>(get_u32(payload + 16), 64)) + 20;
-  if (std::memcmp(tag, "OUTC", 4) == 0) at = 30 * 4 + 20;
+  if (std::memcmp(tag, "OUTC", 4) == 0) at = 32 * 4 + 20;
   return at != SIZE_MAX && len >= at + 4 ? at : SIZE_MAX;
 }
 
