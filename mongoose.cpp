@@ -1865,7 +1865,7 @@ class XcParser {
       const char* vend = q;
       while (vend < end && *vend != ' ' && *vend != '\t') ++vend;
       if (vstart == vend) return fail(vstart, strf("missing value after feature id %llu", (unsigned long long)id));
-      float value;
+      float value = 0.0f;  // (set by parse_value; initialised for -Wmaybe-uninitialized under -fsanitize=thread)
       Status st = parse_value(vstart, vend, id, &value);
       if (!st.ok()) return st;
       data_.feature_ids.push_back(uint32_t(id));
@@ -3407,6 +3407,7 @@ class NeuronRows {
 // The MIPS items of neurons ids[0..n) (or i0..i0+n when ids is null) into out (n x (H+2)):
 // [w_j, b_j, sqrt(M^2 - |[w_j, b_j]|^2)] with max_norm2 = M^2, so every item has norm M and the
 // angle to a query [h, 1, 0] orders items by inner product (Neyshabur & Srebro's reduction).
+// max_norm2 = 0 gives [w_j, b_j, 0]: the angle alone (Config::mips = false).
 void mips_items(const NeuronRows& rows, const uint32_t* ids, size_t i0, size_t n, float max_norm2, const Kernels& k,
                 std::vector<float>& out) {
   const size_t dim = rows.H + 2;
@@ -3734,7 +3735,7 @@ class TableUpkeep {
   void rebuild(const NeuronRows& rows, const Exec& x, TrainStats* stats) {
     double t0 = now_seconds();
     codes_.resize(N_ * cfg_.L);
-    mips_norm2_ = max_row_norm2(rows, x);
+    mips_norm2_ = cfg_.mips ? max_row_norm2(rows, x) : 0.0f;
     x.chunks(N_, 1024, [&](size_t i0, size_t i1, uint32_t w) { item_codes(rows, nullptr, i0, i1 - i0, codes_.data() + i0 * cfg_.L, w, *x.k); });
     must(tables_.build(codes_.data(), N_, threads_));
     if (cfg_.scheduler != Scheduler::fixed) remember_detector_state(rows, x);
@@ -4141,6 +4142,7 @@ class OutputCore {
     network.bucket_policy = cfg_.bucket_policy;
     network.probes = cfg_.probes;
     network.infer_probes = cfg_.infer_probes;
+    network.mips = cfg_.mips;
     network.learn_hash = cfg_.learn_hash;
     return network;
   }
@@ -4220,6 +4222,7 @@ class OutputCore {
     c.bucket_policy = index.bucket_policy;
     c.probes = index.probes;
     c.infer_probes = index.infer_probes;
+    c.mips = index.mips;
     if (c.hash != HashFamily::simhash) c.learn_hash = false;
     Status st = validate_output_fields(c, d_);
     if (!st.ok()) return Status::error("rebuild_index: " + st.message());
@@ -5469,7 +5472,7 @@ std::string encode_output(const Config& c, const OutputShape& s) {
   // bit 0: sampling_correction; bit 1: exact_retrieval; bit 2: optimizer state saved; bit 3: no
   // retrieval in training
   b.u32((c.sampling_correction ? 1u : 0u) | (c.exact_retrieval ? 2u : 0u) | (s.optimizer ? 4u : 0u) |
-        (c.retrieval ? 0u : 8u) | (c.bf16 ? 16u : 0u));
+        (c.retrieval ? 0u : 8u) | (c.bf16 ? 16u : 0u) | (c.mips ? 0u : 32u));
   encode_training(c, b);
   b.u64(s.d); b.u64(s.N); b.u64(s.ld); b.u64(s.step); b.u64(s.generation);
   return b.b;
@@ -5487,8 +5490,9 @@ Status decode_output(const std::vector<unsigned char>& bytes, Config* c, OutputS
   c->hash_loss = HashLoss(b.u32()); c->triplet_margin = b.f32(); c->tail_drift = b.f32(); c->infer_shortlist = b.u32();
   c->probes = b.u32(); c->infer_probes = b.u32();
   const uint32_t flags = b.u32();
-  if (flags & ~31u) return r.fail("OUTC: unknown flags (written by a newer version?)");
+  if (flags & ~63u) return r.fail("OUTC: unknown flags (written by a newer version?)");
   c->bf16 = (flags & 16) != 0;
+  c->mips = (flags & 32) == 0;
   c->sampling_correction = (flags & 1) != 0;
   c->exact_retrieval = (flags & 2) != 0;
   s->optimizer = (flags & 4) != 0;

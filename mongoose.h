@@ -585,6 +585,11 @@ struct Config {
   // the widest layer, in model files too. Model::weights().W2 and OutputLayer::weights() are then
   // null.
   bool bf16 = false;
+  // Hash neurons through the MIPS-to-cosine reduction, [w, b, sqrt(M^2 - |[w, b]|^2)] with M the
+  // largest row norm at the last full build (true), or by the angle of [w, b] alone (false).
+  // With 10^6 rows M is an outlier's norm and the reduction pushes every angle towards 90
+  // degrees; the angle alone then finds a query's best rows more often (bench-scale measures it).
+  bool mips = true;
   // Multi-probe queries (SimHash): besides its own bucket, every table is also looked up in the
   // buckets whose code differs in one of the query's `probes` least certain bits (the smallest
   // |projections|), in training; infer_probes the same for InferMode::lsh. 0..K.
@@ -786,8 +791,8 @@ class OutputLayer {
   // before InferMode::lsh inference.
   Status refresh();
   // Replaces the LSH index (lsh layers): new hash functions and tables, built from the current
-  // weights, with index's hash, K, L, hash_density, bucket_capacity, bucket_policy, probes and
-  // infer_probes (a learned projection is dropped). An index for inference can differ from the
+  // weights, with index's hash, K, L, hash_density, bucket_capacity, bucket_policy, mips, probes
+  // and infer_probes (a learned projection is dropped). An index for inference can differ from the
   // one that served training: e.g. more tables and probes once training is done.
   Status rebuild_index(const Config& index);
 

@@ -22,7 +22,8 @@
 // Per variant it prints the training speed (examples per second of training time), P@1/P@5 at
 // every checkpoint, the upkeep share, the memory traffic (TrainStats::bytes_moved) and the
 // achieved GB/s against a STREAM triad (a[i] = b[i] + s c[i] over 3 x 128 MB on the same threads)
-// measured in this run: the roofline. With --infer-sweep on it also measures, on the trained
+// measured in this run: the roofline; and against the layer's own access pattern at its best (an
+// Adam step on random 136-float rows of a labels-sized array), which is what bounds it. With --infer-sweep on it also measures, on the trained
 // simhash/mongoose model, InferMode::lsh without the shortlist for a grid of index settings
 // (K, L, probes; rebuild_index) against exact scoring: P@1 kept and time per example.
 // --csv writes every checkpoint as "name,variant,examples,train_seconds,p1,p5" (for bench/plot.py).
@@ -77,6 +78,33 @@ double triad_gbs(unsigned threads) {
   return best;
 }
 
+// The layer's own access pattern at its best: one Adam step (read w, m, v and the gradient,
+// write w, m, v) on rows of `ld` floats picked at random among `rows`, on `threads` threads, with
+// the library's kernel. Counted as 7 passes over a row, as TrainStats::bytes_moved counts them.
+double random_rows_gbs(unsigned threads, size_t rows, size_t ld) {
+  std::vector<float> w(rows * ld, 0.1f), m(rows * ld, 0.0f), v(rows * ld, 0.0f);
+  const mongoose::Kernels& k = mongoose::kernels();
+  const mongoose::AdamStep st = mongoose::AdamStep::at(1e-3f, 0.9f, 0.999f, 1e-8f, 1);
+  const size_t per_thread = 200000;
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const double t0 = now();
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        mongoose::Rng rng(mongoose::mix_seed(7, t, rep));
+        std::vector<float> g(ld, 1e-3f);
+        for (size_t i = 0; i < per_thread; ++i) {
+          const size_t r = rng.below(uint32_t(rows));
+          k.adam(&w[r * ld], g.data(), &m[r * ld], &v[r * ld], ld, st);
+        }
+      });
+    for (auto& th : pool) th.join();
+    best = std::max(best, 7.0 * double(threads * per_thread) * double(ld) * 4 / (now() - t0) / 1e9);
+  }
+  return best;
+}
+
 struct Options {
   std::string train, test, eval, name = "data", csv;
   double epochs = 1;
@@ -111,6 +139,8 @@ bool set_field(mongoose::Config* c, const std::string& key, const std::string& v
   else if (key == "scheduler")
     c->scheduler = value == "fixed" ? mongoose::Scheduler::fixed : value == "detect" ? mongoose::Scheduler::detect : mongoose::Scheduler::incremental;
   else if (key == "drift_epsilon") c->drift_epsilon = float(v);
+  else if (key == "mips") c->mips = value == "on";
+  else if (key == "bf16") c->bf16 = value == "on";
   else return false;
   return true;
 }
@@ -144,9 +174,11 @@ void infer_sweep(mongoose::Model& model, const mongoose::Dataset& test, const st
   const uint32_t Ks[] = {8, 10, 12, 14};
   const uint32_t Ls[] = {16, 32, 64};
   const uint32_t probes[] = {0, 2, 4, 8};
+  for (bool mips : {true, false})
   for (uint32_t K : Ks)
     for (uint32_t L : Ls) {
       mongoose::Config index = model.config();
+      index.mips = mips;
       index.K = K;
       index.L = L;
       index.bucket_capacity = std::max<uint32_t>(128, uint32_t(2 * model.labels() >> K));
@@ -160,8 +192,8 @@ void infer_sweep(mongoose::Model& model, const mongoose::Dataset& test, const st
           std::printf("  infer %s K=%u L=%u probes=%u: %s\n", variant.c_str(), K, L, p, st.message().c_str());
           continue;
         }
-        std::printf("  infer %s K=%u L=%u cap=%u probes=%u: p@1=%.4f kept=%.3f candidates=%.0f ms=%.4f speedup=%.1f\n",
-                    variant.c_str(), K, L, index.bucket_capacity, p, m.p_at_1, exact.p_at_1 > 0 ? m.p_at_1 / exact.p_at_1 : 0.0,
+        std::printf("  infer %s mips=%d K=%u L=%u cap=%u probes=%u: p@1=%.4f kept=%.3f candidates=%.0f ms=%.4f speedup=%.1f\n",
+                    variant.c_str(), int(mips), K, L, index.bucket_capacity, p, m.p_at_1, exact.p_at_1 > 0 ? m.p_at_1 / exact.p_at_1 : 0.0,
                     m.mean_candidates, m.ms_per_example, m.ms_per_example > 0 ? exact.ms_per_example / m.ms_per_example : 0.0);
         std::fflush(stdout);
       }
@@ -217,10 +249,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   const double triad = triad_gbs(o.threads);
+  const double random_rows = random_rows_gbs(o.threads, train.labels, 136);
   std::printf("bench-scale %s: %zu train rows, %zu test rows (%zu for checkpoints), %zu features, %zu labels; read %.1f s "
-              "(%.0f MB/s); threads %u; STREAM triad %.1f GB/s\n",
+              "(%.0f MB/s); threads %u; STREAM triad %.1f GB/s; Adam on random rows %.1f GB/s\n",
               o.name.c_str(), train.rows, test.rows, eval.rows, train.features, train.labels, read_s,
-              double(train.bytes()) / 1e6 / std::max(read_s, 1e-9), o.threads, triad);
+              double(train.bytes()) / 1e6 / std::max(read_s, 1e-9), o.threads, triad, random_rows);
   std::FILE* csv = o.csv.empty() ? nullptr : std::fopen(o.csv.c_str(), "a");
   for (const std::string& variant : o.variants) {
     mongoose::Config cfg = variant_config(variant, o);
@@ -278,12 +311,12 @@ int main(int argc, char** argv) {
     const double gbs = s.seconds > 0 ? s.bytes_moved / s.seconds / 1e9 : 0;
     std::printf("  result %s %-8s examples=%llu train_s=%.1f ex_per_s=%.0f p@1=%.4f p@5=%.4f active=%.0f rebuilds=%llu "
                 "reinserted=%llu learn_rounds=%llu upkeep_s=%.1f (%.0f%%) bytes_per_batch_mb=%.2f gb_per_s=%.2f roofline=%.0f%% "
-                "params_mb=%.0f\n",
+                "random_row_roofline=%.0f%% params_mb=%.0f\n",
                 o.name.c_str(), variant.c_str(), (unsigned long long)s.examples, s.seconds, s.seconds > 0 ? double(s.examples) / s.seconds : 0.0,
                 marks.back().p1, marks.back().p5, s.active_mean(), (unsigned long long)s.rehashes, (unsigned long long)s.reinserted,
                 (unsigned long long)s.learn_rounds, upkeep, s.seconds > 0 ? 100.0 * upkeep / s.seconds : 0.0,
                 s.batches ? s.bytes_moved / double(s.batches) / 1e6 : 0.0, gbs, triad > 0 ? 100.0 * gbs / triad : 0.0,
-                double(model.parameter_bytes()) / 1e6);
+                random_rows > 0 ? 100.0 * gbs / random_rows : 0.0, double(model.parameter_bytes()) / 1e6);
     std::printf("  split %s %-8s hidden=%.1f hash=%.1f query=%.1f fwdbwd=%.1f update=%.1f rehash=%.1f detect=%.1f reinsert=%.1f learn=%.1f\n",
                 o.name.c_str(), variant.c_str(), s.hidden_seconds, s.hash_seconds, s.query_seconds, s.forward_backward_seconds,
                 s.update_seconds, s.rehash_seconds, s.detect_seconds, s.reinsert_seconds, s.learn_seconds);
