@@ -12,9 +12,11 @@
 //   shared     the shared set alone (retrieval off): a sampled softmax with the batch's labels and
 //              random negatives, the sampling correction and tail drift
 //   simhash    + the neurons SimHash tables retrieve (incremental scheduler over updated neurons)
-//   mongoose   + learned hash functions (a learning round every learn_every batches)
+//   learned    + learned hash functions (a learning round every learn_every = 500 batches)
 //   perfect    + perfect retrieval: each example's max_active best neurons by brute force (the bound)
 //   full       the full softmax, stopped after --full-seconds of training (it is ~100x slower)
+//   lsh        the library's lsh defaults (fixed rebuild period), as mongoose-train --output lsh
+//   mongoose   the detect scheduler with learned hashing, as mongoose-train --output mongoose
 // Each variant trains for --epochs (full: or until its time is up), evaluated with exact scoring
 // (InferMode::full) on EVAL at each checkpoint of examples seen, so variants compare at equal
 // examples; the last checkpoint is the end of training, evaluated on TEST.
@@ -149,12 +151,18 @@ mongoose::Config variant_config(const std::string& v, const Options& o) {
   mongoose::Config c;
   c.threads = o.threads;
   c.output = v == "full" ? mongoose::OutputMode::full : mongoose::OutputMode::lsh;
-  c.scheduler = mongoose::Scheduler::incremental;
-  c.infer_shortlist = 0;
-  if (v == "shared") c.retrieval = false;
-  if (v == "mongoose") {
+  if (v == "mongoose") {  // as mongoose-train --output mongoose
+    c.scheduler = mongoose::Scheduler::detect;
     c.learn_hash = true;
-    c.learn_every = 200;
+  }
+  if (v == "shared" || v == "simhash" || v == "learned" || v == "perfect") {
+    c.scheduler = mongoose::Scheduler::incremental;
+    c.infer_shortlist = 0;
+  }
+  if (v == "shared") c.retrieval = false;
+  if (v == "learned") {
+    c.learn_hash = true;
+    c.learn_every = 500;
   }
   if (v == "perfect") c.exact_retrieval = true;
   for (const auto& kv : o.sets) set_field(&c, kv.first, kv.second);
@@ -321,7 +329,7 @@ int main(int argc, char** argv) {
                 o.name.c_str(), variant.c_str(), s.hidden_seconds, s.hash_seconds, s.query_seconds, s.forward_backward_seconds,
                 s.update_seconds, s.rehash_seconds, s.detect_seconds, s.reinsert_seconds, s.learn_seconds);
     std::fflush(stdout);
-    if (o.infer_sweep && (variant == "simhash" || variant == "mongoose")) infer_sweep(model, test, variant);
+    if (o.infer_sweep && (variant == "simhash" || variant == "learned" || variant == "lsh")) infer_sweep(model, test, variant);
   }
   if (csv) std::fclose(csv);
   return 0;
