@@ -9,7 +9,8 @@
 #     registered);
 #  4. examples/train.c compiles as C99 and trains on bibtex (when ../shared/data is there), with
 #     the same P@1 as mongoose-train;
-#  5. the Python binding's test (tests/python_test.py), with Debian's /usr/bin/python3 when there.
+#  5. the Python binding's test (tests/python_test.py), with Debian's /usr/bin/python3 when there,
+#     and the README's snippets, its Python one included (tests/readme.sh with MONGOOSE_LIB).
 # Prints "package: N passed, N failed" last; exits 1 when a check failed.
 #   tests/package.sh [WORK_DIR]   (default: a fresh temporary directory, removed at the end)
 set -uo pipefail
@@ -145,4 +146,12 @@ rc=${PIPESTATUS[0]}
 if [ "$rc" -eq 0 ]; then pass "the Python binding (tests/python_test.py)"
 elif [ "$rc" -eq 77 ]; then echo "package: SKIPPED the Python test (see its reason above)"
 else fail "the Python binding (tests/python_test.py exited $rc)"; fi
+if MONGOOSE_LIB=$so bash "$src/tests/readme.sh" "$src" c++ cc >"$work/readme.log" 2>&1 &&
+   ! grep -q skipped "$work/readme.log"; then
+  pass "the README's C++, C and Python snippets compile and run ($(tail -n 1 "$work/readme.log"))"
+elif [ -n "$(grep -s 'Python snippets skipped' "$work/readme.log")" ]; then
+  echo "package: SKIPPED the README's Python snippet: $(tail -n 1 "$work/readme.log")"
+else
+  tail -n 30 "$work/readme.log"; fail "the README's snippets with the shared library"
+fi
 finish
