@@ -186,7 +186,8 @@ class Dataset:
         return _lib.mg_dataset_labels(self._handle)
 
     def __del__(self):
-        if getattr(self, "_handle", None):
+        # At interpreter exit the module's globals may already be gone: the process frees all.
+        if getattr(self, "_handle", None) and _lib is not None:
             _lib.mg_dataset_free(self._handle)
             self._handle = None
 
@@ -274,7 +275,8 @@ class Model:
         return labels, scores
 
     def __del__(self):
-        if getattr(self, "_handle", None):
+        # At interpreter exit the module's globals may already be gone: the process frees all.
+        if getattr(self, "_handle", None) and _lib is not None:
             _lib.mg_model_free(self._handle)
             self._handle = None
 
