@@ -15,6 +15,7 @@
 // [SECTION] Output layer      (OutputCore, the public OutputLayer)
 // [SECTION] Model             (the network and its training loop)
 // [SECTION] Model I/O         (format 4, and versions 1 to 3)
+// [SECTION] C API             (extern "C" wrappers over the C++ API: codes and messages)
 
 // 64-bit file offsets on 32-bit POSIX targets (fstat of files over 2 GiB).
 #if !defined(_FILE_OFFSET_BITS)
@@ -34,6 +35,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <mutex>
 #include <numeric>
@@ -73,6 +75,14 @@
 #include <arm_neon.h>
 #else
 #define MONGOOSE_HAVE_NEON 0
+#endif
+
+// The private Impl classes nested in the exported Model and OutputLayer would inherit their
+// visibility: keep them out of a shared library's exports.
+#if defined(__GNUC__) && !defined(_WIN32) && !defined(__CYGWIN__)
+#define MONGOOSE_INTERNAL __attribute__((visibility("hidden")))
+#else
+#define MONGOOSE_INTERNAL
 #endif
 
 // Register tiles are small fixed-size loops that must be fully unrolled to stay in registers.
@@ -4788,7 +4798,7 @@ Status check_inputs(const char* where, const float* h, size_t n, size_t stride, 
 
 }  // namespace
 
-struct OutputLayer::Impl {
+struct MONGOOSE_INTERNAL OutputLayer::Impl {
   std::unique_ptr<ThreadPool> pool;
   const Kernels* k = nullptr;
   OutputCore core;
@@ -4991,7 +5001,7 @@ uint64_t model_bytes(const Config& c, uint64_t D, uint64_t N, uint64_t threads) 
 
 }  // namespace
 
-struct Model::Impl {
+struct MONGOOSE_INTERNAL Model::Impl {
   Config cfg;
   size_t D = 0, N = 0;
   const Kernels* k = nullptr;
@@ -6019,3 +6029,340 @@ Status load_model_legacy(const std::string& path, const OpenedFile& file, const 
 }  // namespace
 
 }  // namespace mongoose
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] C API
+//-----------------------------------------------------------------------------------------------
+// Thin wrappers: each checks its pointers and sizes, calls the C++ API inside a guard (nothing
+// thrown leaves through a C frame) and turns the Status into a code and a message.
+
+struct mg_dataset {
+  mongoose::Dataset data;
+};
+
+struct mg_model {
+  mongoose::Model model;
+};
+
+namespace {
+
+// Writes code and message into *err (when given) and returns the code. Formats into the fixed
+// buffer without allocating, so it also works in an out-of-memory handler.
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+int c_result(mg_error* err, int code, const char* fmt, ...) {
+  if (err) {
+    err->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = std::vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    if (n < 0) err->message[0] = '\0';
+  }
+  return code;
+}
+
+int c_ok(mg_error* err) { return c_result(err, MG_OK, "%s", ""); }
+
+// A library Status as a C status: ok, or `code` with its message.
+int c_status(mg_error* err, int code, const mongoose::Status& st) {
+  return st.ok() ? c_ok(err) : c_result(err, code, "%s", st.message().c_str());
+}
+
+// Runs a C entry point's body: whatever escapes it becomes MG_ERROR_FAILED naming `where`.
+template <class F>
+int c_guard(const char* where, mg_error* err, F&& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return c_result(err, MG_ERROR_FAILED, "%s: out of memory", where);
+  } catch (const std::exception& e) {
+    return c_result(err, MG_ERROR_FAILED, "%s: %s", where, e.what());
+  } catch (...) {
+    return c_result(err, MG_ERROR_FAILED, "%s: an unknown exception was thrown", where);
+  }
+}
+
+// Checks one CSR offset array before anything is read through it: rows + 1 entries from 0,
+// never decreasing, ending at nnz. Returns "" or the fault.
+std::string csr_offsets_fault(const char* name, const uint64_t* indptr, size_t rows, size_t nnz) {
+  if (indptr[0] != 0) return mongoose::strf("%s[0] is %llu, not 0", name, (unsigned long long)indptr[0]);
+  for (size_t r = 0; r < rows; ++r)
+    if (indptr[r + 1] < indptr[r] || indptr[r + 1] > nnz)
+      return mongoose::strf("%s[%zu] = %llu is below %s[%zu] or above the nnz given (%zu)", name, r + 1,
+                            (unsigned long long)indptr[r + 1], name, r, nnz);
+  if (indptr[rows] != nnz)
+    return mongoose::strf("%s[%zu] = %llu, not the nnz given (%zu)", name, rows, (unsigned long long)indptr[rows], nnz);
+  return std::string();
+}
+
+// The C configuration as a mongoose::Config; "" or the field that has no meaning.
+std::string config_from_c(const mg_config& c, mongoose::Config* out) {
+  mongoose::Config cfg;
+  switch (c.output) {
+    case MG_OUTPUT_FULL: cfg.output = mongoose::OutputMode::full; break;
+    case MG_OUTPUT_LSH: cfg.output = mongoose::OutputMode::lsh; break;
+    case MG_OUTPUT_MONGOOSE:  // as mongoose-train --output mongoose
+      cfg.output = mongoose::OutputMode::lsh;
+      cfg.scheduler = mongoose::Scheduler::detect;
+      cfg.learn_hash = true;
+      break;
+    default: return mongoose::strf("output is %d, not MG_OUTPUT_FULL, MG_OUTPUT_LSH or MG_OUTPUT_MONGOOSE", int(c.output));
+  }
+  if (c.hash == MG_HASH_SIMHASH) cfg.hash = mongoose::HashFamily::simhash;
+  else if (c.hash == MG_HASH_DWTA) cfg.hash = mongoose::HashFamily::dwta;
+  else return mongoose::strf("hash is %d, not MG_HASH_SIMHASH or MG_HASH_DWTA", int(c.hash));
+  if (c.max_bytes > uint64_t(SIZE_MAX)) return "max_bytes does not fit in size_t";
+  cfg.hidden = c.hidden;
+  cfg.learning_rate = c.learning_rate;
+  cfg.batch_size = c.batch_size;
+  cfg.threads = c.threads;
+  cfg.seed = c.seed;
+  cfg.simd = c.scalar ? mongoose::Simd::scalar : mongoose::Simd::automatic;
+  cfg.K = c.K;
+  cfg.L = c.L;
+  cfg.min_active = c.min_active;
+  cfg.max_active = c.max_active;
+  cfg.tail_drift = c.tail_drift;
+  cfg.rehash_every = c.rehash_every;
+  cfg.infer_shortlist = c.infer_shortlist;
+  cfg.max_bytes = size_t(c.max_bytes);
+  *out = std::move(cfg);
+  return std::string();
+}
+
+bool infer_from_c(int32_t infer, mongoose::InferMode* mode) {
+  if (infer == MG_INFER_FULL) *mode = mongoose::InferMode::full;
+  else if (infer == MG_INFER_LSH) *mode = mongoose::InferMode::lsh;
+  else return false;
+  return true;
+}
+
+}  // namespace
+
+extern "C" {
+
+void mg_config_init(mg_config* config) {
+  if (!config) return;
+  const mongoose::Config d;
+  *config = mg_config{};
+  config->output = MG_OUTPUT_FULL;
+  config->hidden = d.hidden;
+  config->learning_rate = d.learning_rate;
+  config->batch_size = d.batch_size;
+  config->threads = d.threads;
+  config->seed = d.seed;
+  config->scalar = 0;
+  config->hash = MG_HASH_SIMHASH;
+  config->K = d.K;
+  config->L = d.L;
+  config->min_active = d.min_active;
+  config->max_active = d.max_active;
+  config->tail_drift = d.tail_drift;
+  config->rehash_every = d.rehash_every;
+  config->infer_shortlist = d.infer_shortlist;
+  config->max_bytes = d.max_bytes;
+}
+
+int mg_dataset_read(const char* path, mg_dataset** out, mg_error* err) {
+  if (out) *out = nullptr;
+  if (!path || !out) return c_result(err, MG_ERROR_ARGUMENT, "mg_dataset_read: %s is NULL", path ? "out" : "path");
+  return c_guard("mg_dataset_read", err, [&] {
+    std::unique_ptr<mg_dataset> d(new mg_dataset);
+    mongoose::Status st = mongoose::read_dataset(path, &d->data);
+    if (st.ok()) *out = d.release();
+    return c_status(err, MG_ERROR_FILE, st);
+  });
+}
+
+int mg_dataset_from_csr(size_t rows, size_t features, size_t labels, const uint64_t* feature_indptr,
+                        const uint32_t* feature_indices, const float* feature_values, size_t feature_nnz,
+                        const uint64_t* label_indptr, const uint32_t* label_indices, size_t label_nnz,
+                        mg_dataset** out, mg_error* err) {
+  const char* where = "mg_dataset_from_csr";
+  if (out) *out = nullptr;
+  if (!out) return c_result(err, MG_ERROR_ARGUMENT, "%s: out is NULL", where);
+  if (!feature_indptr) return c_result(err, MG_ERROR_ARGUMENT, "%s: feature_indptr is NULL", where);
+  if (feature_nnz && !feature_indices) return c_result(err, MG_ERROR_ARGUMENT, "%s: feature_indices is NULL", where);
+  if (!label_indptr && label_nnz)
+    return c_result(err, MG_ERROR_ARGUMENT, "%s: label_indptr is NULL but label_nnz is %zu", where, label_nnz);
+  if (label_nnz && !label_indices) return c_result(err, MG_ERROR_ARGUMENT, "%s: label_indices is NULL", where);
+  if (rows == SIZE_MAX) return c_result(err, MG_ERROR_ARGUMENT, "%s: rows is SIZE_MAX", where);
+  return c_guard(where, err, [&] {
+    // The arrays' sizes follow from rows and the nnz counts: check them against the default
+    // budget before copying (the Dataset's vectors hold 8 + 8 bytes per row, 8 per feature and
+    // 4 per label entry).
+    const uint64_t bytes = mongoose::add_sat(mongoose::mul_sat(rows, 16),
+                                             mongoose::add_sat(mongoose::mul_sat(feature_nnz, 8),
+                                                               mongoose::mul_sat(label_nnz, 4)));
+    if (bytes > mongoose::default_max_bytes)
+      return c_result(err, MG_ERROR_ARGUMENT, "%s: %llu bytes needed, above the budget of %llu", where,
+                      (unsigned long long)bytes, (unsigned long long)mongoose::default_max_bytes);
+    std::string fault = csr_offsets_fault("feature_indptr", feature_indptr, rows, feature_nnz);
+    if (fault.empty() && label_indptr) fault = csr_offsets_fault("label_indptr", label_indptr, rows, label_nnz);
+    if (!fault.empty()) return c_result(err, MG_ERROR_ARGUMENT, "%s: %s", where, fault.c_str());
+    std::unique_ptr<mg_dataset> d(new mg_dataset);
+    mongoose::Dataset& data = d->data;
+    data.rows = rows;
+    data.features = features;
+    data.labels = labels;
+    data.row_offsets.assign(feature_indptr, feature_indptr + rows + 1);
+    data.feature_ids.assign(feature_indices, feature_indices + feature_nnz);
+    if (feature_values) data.feature_values.assign(feature_values, feature_values + feature_nnz);
+    else data.feature_values.assign(feature_nnz, 1.0f);
+    if (label_indptr) data.label_offsets.assign(label_indptr, label_indptr + rows + 1);
+    else data.label_offsets.assign(rows + 1, 0);
+    data.label_ids.assign(label_indices, label_indices + label_nnz);
+    mongoose::Status st = mongoose::validate(data);
+    if (!st.ok()) return c_result(err, MG_ERROR_ARGUMENT, "%s: %s", where, st.message().c_str());
+    *out = d.release();
+    return c_ok(err);
+  });
+}
+
+int mg_dataset_normalize(mg_dataset* data, mg_error* err) {
+  if (!data) return c_result(err, MG_ERROR_ARGUMENT, "mg_dataset_normalize: data is NULL");
+  return c_guard("mg_dataset_normalize", err,
+                 [&] { return c_status(err, MG_ERROR_FAILED, mongoose::normalize_rows(&data->data)); });
+}
+
+size_t mg_dataset_rows(const mg_dataset* data) { return data ? data->data.rows : 0; }
+size_t mg_dataset_features(const mg_dataset* data) { return data ? data->data.features : 0; }
+size_t mg_dataset_labels(const mg_dataset* data) { return data ? data->data.labels : 0; }
+void mg_dataset_free(mg_dataset* data) { delete data; }
+
+int mg_model_create(const mg_config* config, size_t features, size_t labels, mg_model** out, mg_error* err) {
+  const char* where = "mg_model_create";
+  if (out) *out = nullptr;
+  if (!config || !out) return c_result(err, MG_ERROR_ARGUMENT, "%s: %s is NULL", where, config ? "out" : "config");
+  return c_guard(where, err, [&] {
+    mongoose::Config cfg;
+    std::string fault = config_from_c(*config, &cfg);
+    if (!fault.empty()) return c_result(err, MG_ERROR_ARGUMENT, "%s: %s", where, fault.c_str());
+    mongoose::Status st = mongoose::validate(cfg);
+    if (!st.ok()) return c_result(err, MG_ERROR_ARGUMENT, "%s: %s", where, st.message().c_str());
+    std::unique_ptr<mg_model> m(new mg_model);
+    st = m->model.init(cfg, features, labels);
+    if (st.ok()) *out = m.release();
+    return c_status(err, MG_ERROR_FAILED, st);
+  });
+}
+
+int mg_model_train_epoch(mg_model* model, const mg_dataset* data, double* mean_loss, mg_error* err) {
+  if (!model || !data)
+    return c_result(err, MG_ERROR_ARGUMENT, "mg_model_train_epoch: %s is NULL", model ? "data" : "model");
+  return c_guard("mg_model_train_epoch", err, [&] {
+    mongoose::Status st = model->model.train_epoch(data->data);
+    if (st.ok() && mean_loss) *mean_loss = model->model.stats().mean_loss_last_epoch;
+    return c_status(err, MG_ERROR_FAILED, st);
+  });
+}
+
+int mg_model_train_batch(mg_model* model, const mg_dataset* data, size_t begin, size_t end, float* loss,
+                         mg_error* err) {
+  const char* where = "mg_model_train_batch";
+  if (!model || !data) return c_result(err, MG_ERROR_ARGUMENT, "%s: %s is NULL", where, model ? "data" : "model");
+  if (begin >= end || end > data->data.rows)
+    return c_result(err, MG_ERROR_ARGUMENT, "%s: rows [%zu, %zu) are not a non-empty range of the %zu rows", where,
+                    begin, end, data->data.rows);
+  if (end > size_t(UINT32_MAX) + 1)
+    return c_result(err, MG_ERROR_ARGUMENT, "%s: row %zu is beyond 32-bit row ids", where, end - 1);
+  return c_guard(where, err, [&] {
+    std::vector<uint32_t> rows(end - begin);
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = uint32_t(begin + i);
+    return c_status(err, MG_ERROR_FAILED, model->model.train_batch(data->data, rows.data(), rows.size(), loss));
+  });
+}
+
+int mg_model_evaluate(const mg_model* model, const mg_dataset* data, int32_t infer, mg_metrics* out, mg_error* err) {
+  const char* where = "mg_model_evaluate";
+  if (!model || !data || !out)
+    return c_result(err, MG_ERROR_ARGUMENT, "%s: %s is NULL", where, !model ? "model" : !data ? "data" : "out");
+  mongoose::InferMode mode;
+  if (!infer_from_c(infer, &mode))
+    return c_result(err, MG_ERROR_ARGUMENT, "%s: infer is %d, not MG_INFER_FULL or MG_INFER_LSH", where, int(infer));
+  return c_guard(where, err, [&] {
+    mongoose::Metrics m;
+    mongoose::Status st = model->model.evaluate(data->data, mode, &m);
+    if (st.ok()) *out = mg_metrics{m.p_at_1, m.p_at_3, m.p_at_5, uint64_t(m.rows), m.seconds};
+    return c_status(err, MG_ERROR_FAILED, st);
+  });
+}
+
+int mg_model_predict(const mg_model* model, const uint32_t* ids, const float* values, size_t nnz, size_t k,
+                     int32_t infer, uint32_t* labels, float* scores, size_t* count, mg_error* err) {
+  const char* where = "mg_model_predict";
+  if (count) *count = 0;
+  if (!model || !labels) return c_result(err, MG_ERROR_ARGUMENT, "%s: %s is NULL", where, model ? "labels" : "model");
+  if (nnz && !ids) return c_result(err, MG_ERROR_ARGUMENT, "%s: ids is NULL with nnz %zu", where, nnz);
+  if (k == 0) return c_result(err, MG_ERROR_ARGUMENT, "%s: k must be >= 1", where);
+  mongoose::InferMode mode;
+  if (!infer_from_c(infer, &mode))
+    return c_result(err, MG_ERROR_ARGUMENT, "%s: infer is %d, not MG_INFER_FULL or MG_INFER_LSH", where, int(infer));
+  return c_guard(where, err, [&] {
+    std::vector<float> ones;
+    if (!values) ones.assign(nnz, 1.0f), values = ones.data();
+    std::vector<mongoose::Scored> top;
+    mongoose::Status st = model->model.predict(ids, values, nnz, k, mode, &top);
+    if (!st.ok()) return c_status(err, MG_ERROR_FAILED, st);
+    for (size_t i = 0; i < top.size() && i < k; ++i) {
+      labels[i] = top[i].label;
+      if (scores) scores[i] = top[i].score;
+    }
+    if (count) *count = std::min(top.size(), k);
+    return c_ok(err);
+  });
+}
+
+int mg_model_predict_dataset(const mg_model* model, const mg_dataset* data, size_t k, int32_t infer, uint32_t* labels,
+                             float* scores, mg_error* err) {
+  const char* where = "mg_model_predict_dataset";
+  if (!model || !data || !labels)
+    return c_result(err, MG_ERROR_ARGUMENT, "%s: %s is NULL", where, !model ? "model" : !data ? "data" : "labels");
+  if (k == 0) return c_result(err, MG_ERROR_ARGUMENT, "%s: k must be >= 1", where);
+  if (data->data.rows && k > SIZE_MAX / data->data.rows)
+    return c_result(err, MG_ERROR_ARGUMENT, "%s: rows x k overflows size_t", where);
+  mongoose::InferMode mode;
+  if (!infer_from_c(infer, &mode))
+    return c_result(err, MG_ERROR_ARGUMENT, "%s: infer is %d, not MG_INFER_FULL or MG_INFER_LSH", where, int(infer));
+  return c_guard(where, err, [&] {
+    // A dataset from mg_dataset_read or mg_dataset_from_csr was validated; the model checks its
+    // ids against its own sizes in predict.
+    std::vector<mongoose::Scored> top;
+    for (size_t r = 0; r < data->data.rows; ++r) {
+      const mongoose::Dataset::Row row = data->data.row(r);
+      mongoose::Status st = model->model.predict(row.ids, row.values, row.nnz, k, mode, &top);
+      if (!st.ok()) return c_result(err, MG_ERROR_FAILED, "%s: row %zu: %s", where, r, st.message().c_str());
+      for (size_t i = 0; i < k; ++i) {
+        const bool have = i < top.size();
+        labels[r * k + i] = have ? top[i].label : UINT32_MAX;
+        if (scores) scores[r * k + i] = have ? top[i].score : -std::numeric_limits<float>::infinity();
+      }
+    }
+    return c_ok(err);
+  });
+}
+
+int mg_model_save(const mg_model* model, const char* path, mg_error* err) {
+  if (!model || !path) return c_result(err, MG_ERROR_ARGUMENT, "mg_model_save: %s is NULL", model ? "path" : "model");
+  return c_guard("mg_model_save", err,
+                 [&] { return c_status(err, MG_ERROR_FILE, mongoose::save_model(model->model, path)); });
+}
+
+int mg_model_load(const char* path, mg_model** out, mg_error* err) {
+  if (out) *out = nullptr;
+  if (!path || !out) return c_result(err, MG_ERROR_ARGUMENT, "mg_model_load: %s is NULL", path ? "out" : "path");
+  return c_guard("mg_model_load", err, [&] {
+    std::unique_ptr<mg_model> m(new mg_model);
+    mongoose::Status st = mongoose::load_model(path, &m->model);
+    if (st.ok()) *out = m.release();
+    return c_status(err, MG_ERROR_FILE, st);
+  });
+}
+
+size_t mg_model_features(const mg_model* model) { return model ? model->model.features() : 0; }
+size_t mg_model_labels(const mg_model* model) { return model ? model->model.labels() : 0; }
+void mg_model_free(mg_model* model) { delete model; }
+
+}  // extern "C"

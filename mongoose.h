@@ -37,6 +37,7 @@
 // [SECTION] Output layer    (OutputLayer: the sampled or full softmax, usable on its own)
 // [SECTION] Model           (the network and its training loop)
 // [SECTION] Model I/O
+// [SECTION] C API           (C99: opaque handles, status codes and messages; all a C compiler sees)
 //
 // Quick start:
 //   mongoose::Dataset train, test;
@@ -53,15 +54,39 @@
 #ifndef MONGOOSE_H
 #define MONGOOSE_H
 
-#include <cstddef>
-#include <cstdint>
-#include <functional>
-#include <memory>
-#include <string>
-#include <vector>
-
 #define MONGOOSE_VERSION_MAJOR 0
 #define MONGOOSE_VERSION_MINOR 1
+
+// Marks the public API (C++ and C). A shared build is compiled with hidden visibility (Meson:
+// gnu_symbol_visibility 'inlineshidden'), so it exports what carries this mark and nothing else.
+// Windows: define MONGOOSE_BUILD_DLL while building a DLL and MONGOOSE_DLL in code that uses one
+// (Meson and mongoose.pc do both); static and vendored builds define neither.
+#ifndef MONGOOSE_API
+#if defined(_WIN32) || defined(__CYGWIN__)
+#if defined(MONGOOSE_BUILD_DLL)
+#define MONGOOSE_API __declspec(dllexport)
+#elif defined(MONGOOSE_DLL)
+#define MONGOOSE_API __declspec(dllimport)
+#else
+#define MONGOOSE_API
+#endif
+#elif defined(__GNUC__) || defined(__clang__)
+#define MONGOOSE_API __attribute__((visibility("default")))
+#else
+#define MONGOOSE_API
+#endif
+#endif
+
+// A C compiler sees only [SECTION] C API, at the end of this file.
+#ifdef __cplusplus
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 namespace mongoose {
 
@@ -70,7 +95,7 @@ namespace mongoose {
 //-----------------------------------------------------------------------------------------------
 
 // Result of every fallible call: ok, or an error with a message naming the problem and where.
-class Status {
+class MONGOOSE_API Status {
  public:
   Status() = default;                                  // ok
   static Status error(std::string message);            // an empty message becomes "error"
@@ -98,11 +123,11 @@ constexpr size_t default_max_bytes = size_t(1) << (sizeof(size_t) >= 8 ? 33 : 30
 
 // Writes size bytes to path atomically as above. On error path is untouched and no temporary file
 // is left behind; the message names the path and the failing step.
-Status write_file_atomic(const std::string& path, const void* data, size_t size);
+MONGOOSE_API Status write_file_atomic(const std::string& path, const void* data, size_t size);
 // Checks now, before long work, that write_file_atomic(path, ...) could succeed: the directory
 // exists and accepts a new file (one is created and removed), and path is not a directory or
 // device. It cannot promise the disk will still have room later.
-Status check_writable(const std::string& path);
+MONGOOSE_API Status check_writable(const std::string& path);
 
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Dense math
@@ -120,15 +145,15 @@ enum class Simd {
 };
 
 // True when the CPU supports AVX2 and FMA (checked once; false on non-x86 builds).
-bool cpu_has_avx2();
+MONGOOSE_API bool cpu_has_avx2();
 // True when this build has the NEON kernels: decided at compile time (__ARM_NEON, i.e. every
 // AArch64 build and 32-bit ARM with -mfpu=neon; false elsewhere and with MONGOOSE_NO_NEON).
-bool cpu_has_neon();
+MONGOOSE_API bool cpu_has_neon();
 
 // Adam hyper-parameters for one optimizer step t >= 1, with bias corrections precomputed:
 // m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w -= lr * (m * c1) / (sqrt(v * c2) + eps),
 // c1 = 1 / (1 - b1^t), c2 = 1 / (1 - b2^t).
-struct AdamStep {
+struct MONGOOSE_API AdamStep {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   float c1 = 1.0f, c2 = 1.0f;
   static AdamStep at(float lr, float beta1, float beta2, float eps, uint64_t t);
@@ -179,7 +204,7 @@ struct Kernels {
 };
 
 // The kernels for the requested level (see Simd). The table is static and lives forever.
-const Kernels& kernels(Simd want = Simd::automatic);
+MONGOOSE_API const Kernels& kernels(Simd want = Simd::automatic);
 
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Random numbers
@@ -187,7 +212,7 @@ const Kernels& kernels(Simd want = Simd::automatic);
 
 // Small, fast, seedable generator (SplitMix64 seeding a xoshiro256** state). Same seed, same
 // sequence on every platform. Every random choice in the library goes through one of these.
-class Rng {
+class MONGOOSE_API Rng {
  public:
   explicit Rng(uint64_t seed = 1);
   uint64_t next();                 // uniform 64 bits
@@ -200,7 +225,7 @@ class Rng {
 };
 
 // Mixes several values into one seed (for per-table, per-epoch, per-example streams).
-uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0);
+MONGOOSE_API uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0);
 
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Threads
@@ -227,7 +252,7 @@ constexpr float max_feature_value = 1e18f;
 // start at 0, never decrease and end at their arrays' sizes; feature ids < features, label ids
 // < labels, no id twice in one row (a duplicate is refused, never summed); values finite with
 // magnitude <= max_feature_value.
-struct Dataset {
+struct MONGOOSE_API Dataset {
   size_t rows = 0, features = 0, labels = 0;
   std::vector<uint64_t> row_offsets{0};
   std::vector<uint32_t> feature_ids;
@@ -255,7 +280,7 @@ struct Dataset {
 };
 
 // Checks every invariant above in O(nnz); the error names the row (and source:line) and the fault.
-Status validate(const Dataset& data);
+MONGOOSE_API Status validate(const Dataset& data);
 
 struct ReadOptions {
   // Refuse inputs whose header or contents need more memory than this (bytes), before allocating.
@@ -270,13 +295,13 @@ struct ReadOptions {
 // within a row, numbers finite, well-formed and within max_feature_value, no NUL bytes, nothing
 // trailing. Errors read "path:line:col: what", e.g.
 // "data/train.txt:1234:17: feature id 20001 out of range [0, 20000)". On error *out is untouched.
-Status read_xc(const std::string& path, Dataset* out, const ReadOptions& options = {});
+MONGOOSE_API Status read_xc(const std::string& path, Dataset* out, const ReadOptions& options = {});
 // The same parser over a memory buffer; `name` is used in error messages and as out->source.
-Status parse_xc(const char* text, size_t size, const std::string& name, Dataset* out,
+MONGOOSE_API Status parse_xc(const char* text, size_t size, const std::string& name, Dataset* out,
                 const ReadOptions& options = {});
 // Writes an XC text file atomically (see [SECTION] Files), after validate(data); values with up
 // to 9 significant digits, so they read back exactly.
-Status write_xc(const std::string& path, const Dataset& data);
+MONGOOSE_API Status write_xc(const std::string& path, const Dataset& data);
 
 // A compact binary copy of a Dataset, for data read many times: a file of checksummed sections
 // ("MONGODAT", format version u32, section count u32; then SHAP: rows, features, labels as u64;
@@ -284,14 +309,14 @@ Status write_xc(const std::string& path, const Dataset& data);
 // save_dataset makes later reads I/O-bound (no parsing); load_dataset checks every checksum,
 // every size against the file and ReadOptions::max_bytes before allocating, then validate().
 // The file is written atomically (see [SECTION] Files). Errors name the path and byte offset.
-Status save_dataset(const std::string& path, const Dataset& data);
-Status load_dataset(const std::string& path, Dataset* out, const ReadOptions& options = {});
+MONGOOSE_API Status save_dataset(const std::string& path, const Dataset& data);
+MONGOOSE_API Status load_dataset(const std::string& path, Dataset* out, const ReadOptions& options = {});
 // Reads either kind: a binary dataset (by its magic) or XC text (read_xc).
-Status read_dataset(const std::string& path, Dataset* out, const ReadOptions& options = {});
+MONGOOSE_API Status read_dataset(const std::string& path, Dataset* out, const ReadOptions& options = {});
 
 // Scales each row's feature values to unit L2 norm (rows with no features, or all zeros, are left
 // alone). Errors only for a null pointer.
-Status normalize_rows(Dataset* data);
+MONGOOSE_API Status normalize_rows(Dataset* data);
 
 // Learnable synthetic multi-label data: each label owns a few "prototype" features; an example
 // draws 1..max_labels labels with power-law frequencies and emits a noisy subset of their
@@ -307,7 +332,7 @@ struct SyntheticConfig {
   uint64_t seed = 7;
   size_t max_bytes = default_max_bytes;  // refuse configs whose data would need more (bytes)
 };
-Status make_synthetic(const SyntheticConfig& config, Dataset* train, Dataset* test);
+MONGOOSE_API Status make_synthetic(const SyntheticConfig& config, Dataset* train, Dataset* test);
 
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Hashing
@@ -333,9 +358,9 @@ struct HashConfig {
 };
 
 // Checks a HashConfig; the error names the bad field and its allowed range.
-Status validate(const HashConfig& config);
+MONGOOSE_API Status validate(const HashConfig& config);
 
-class Hasher {
+class MONGOOSE_API Hasher {
  public:
   Status init(const HashConfig& config, Simd simd = Simd::automatic);
   const HashConfig& config() const { return config_; }
@@ -395,18 +420,18 @@ struct TableConfig {
   BucketPolicy policy = BucketPolicy::reservoir;
   uint64_t seed = 1;                // reservoir choices
 };
-Status validate(const TableConfig& config);
+MONGOOSE_API Status validate(const TableConfig& config);
 
 // Reusable result of a query: the union of the probed buckets with a hit count per item.
 // Holds its own buffers, so repeated queries do not allocate once they have grown.
-struct QueryResult {
+struct MONGOOSE_API QueryResult {
   std::vector<uint32_t> ids;    // distinct items, in first-seen order
   std::vector<uint16_t> hits;   // hits[i]: in how many of the L buckets ids[i] was found
   std::vector<uint32_t> slot;   // internal: per item id, 1 + index into ids, or 0
   void clear();                 // empties ids/hits (cost proportional to ids.size())
 };
 
-class HashTables {
+class MONGOOSE_API HashTables {
  public:
   Status init(const TableConfig& config);
   const TableConfig& config() const { return config_; }
@@ -512,6 +537,50 @@ struct Progress {
   uint64_t batches_in_epoch = 0;
   double seconds = 0;             // training seconds so far (all epochs)
   double mean_loss = 0;           // mean loss over this epoch's batches so far
+};
+
+// Config::on_progress: any callable as bool(const Progress&) (a lambda, a function, a
+// std::function), copied in as std::function would be, or empty (default, nullptr). Its own small
+// type so that this header needs no <functional>: it halves the lines a user's file compiles.
+class ProgressCallback {
+ public:
+  ProgressCallback() = default;
+  ProgressCallback(std::nullptr_t) {}  // NOLINT: empty, as `on_progress = nullptr` reads
+  template <class F, class D = std::decay_t<F>,
+            class = std::enable_if_t<!std::is_same<D, ProgressCallback>::value &&
+                                     std::is_invocable_r<bool, D&, const Progress&>::value>>
+  ProgressCallback(F&& f) {  // NOLINT: implicit, as std::function's
+    D callable(std::forward<F>(f));
+    // A null function pointer or an empty std::function (a class with an explicit operator bool)
+    // leaves the callback empty.
+    if constexpr (std::is_pointer<D>::value ||
+                  (std::is_class<D>::value && !std::is_convertible<D, bool>::value &&
+                   std::is_constructible<bool, const D&>::value))
+      if (!static_cast<bool>(callable)) return;
+    callable_ = std::make_unique<Holder<D>>(std::move(callable));
+  }
+  ProgressCallback(const ProgressCallback& other) : callable_(other.callable_ ? other.callable_->clone() : nullptr) {}
+  ProgressCallback(ProgressCallback&&) noexcept = default;
+  ProgressCallback& operator=(const ProgressCallback& other) { return *this = ProgressCallback(other); }
+  ProgressCallback& operator=(ProgressCallback&&) noexcept = default;
+  explicit operator bool() const { return callable_ != nullptr; }
+  bool operator()(const Progress& progress) const { return callable_->call(progress); }  // not empty
+
+ private:
+  struct Callable {
+    virtual ~Callable() = default;
+    virtual bool call(const Progress& progress) = 0;
+    virtual std::unique_ptr<Callable> clone() const = 0;
+  };
+  template <class F>
+  struct Holder final : Callable {
+    template <class G>
+    explicit Holder(G&& g) : f(std::forward<G>(g)) {}
+    bool call(const Progress& progress) override { return static_cast<bool>(f(progress)); }
+    std::unique_ptr<Callable> clone() const override { return std::make_unique<Holder>(f); }
+    F f;
+  };
+  std::unique_ptr<Callable> callable_;
 };
 
 // All options, with their defaults. Checked by Model::init; errors name the field and range.
@@ -628,9 +697,9 @@ struct Config {
   // trained, nothing after it. It may read the model (stats, evaluate); init, train_batch,
   // train_epoch and load_model into the model are refused while it runs, and it must not move
   // or destroy the model.
-  std::function<bool(const Progress&)> on_progress;
+  ProgressCallback on_progress;
 };
-Status validate(const Config& config);
+MONGOOSE_API Status validate(const Config& config);
 
 // Precision at 1, 3 and 5 over a dataset: the fraction of the top-k predictions that are true
 // labels, averaged over all rows (rows without labels count as 0).
@@ -718,7 +787,7 @@ struct Scored {
 // max(0, margin - cos(tanh a, tanh bp) + cos(tanh a, tanh bn)) (a zero vector's cosine is 0).
 // When da, dbp, dbn are not null they receive the gradient with respect to a, bp and bn.
 // K in 1..24 (the table bits) and non-null inputs; otherwise NaN is returned.
-float triplet_hinge_loss(const float* a, const float* bp, const float* bn, size_t K, float margin,
+MONGOOSE_API float triplet_hinge_loss(const float* a, const float* bp, const float* bn, size_t K, float margin,
                          float* da = nullptr, float* dbp = nullptr, float* dbn = nullptr);
 
 //-----------------------------------------------------------------------------------------------
@@ -756,7 +825,7 @@ struct LayerBatch {
   const uint64_t* label_offsets = nullptr;   // rows + 1 entries, from 0, non-decreasing
 };
 
-class OutputLayer {
+class MONGOOSE_API OutputLayer {
  public:
   OutputLayer();
   ~OutputLayer();
@@ -823,7 +892,7 @@ class OutputLayer {
 // only the given rows) and refuses a dataset with more features or labels than the model.
 // A refused call leaves the model as it was. If memory runs out inside a training batch after its
 // update began, the call says so: that batch may then be partly applied.
-class Model {
+class MONGOOSE_API Model {
  public:
   Model();
   ~Model();
@@ -946,16 +1015,164 @@ struct LoadOptions {
 // Saves `model` to `path` atomically (see [SECTION] Files): a crash, a full disk or a concurrent
 // save never leaves a half-written model where the old one was. Refuses, writing nothing, a model
 // holding non-finite values.
-Status save_model(const Model& model, const std::string& path, const SaveOptions& options = {});
+MONGOOSE_API Status save_model(const Model& model, const std::string& path, const SaveOptions& options = {});
 // Loads a model saved by save_model into *out. On any error *out is left exactly as it was.
-Status load_model(const std::string& path, Model* out, const LoadOptions& options = {});
+MONGOOSE_API Status load_model(const std::string& path, Model* out, const LoadOptions& options = {});
 // The same for an OutputLayer on its own (its sections only; a model file is refused).
-Status save_layer(const OutputLayer& layer, const std::string& path, const SaveOptions& options = {});
-Status load_layer(const std::string& path, OutputLayer* out, const LoadOptions& options = {});
+MONGOOSE_API Status save_layer(const OutputLayer& layer, const std::string& path, const SaveOptions& options = {});
+MONGOOSE_API Status load_layer(const std::string& path, OutputLayer* out, const LoadOptions& options = {});
 
 // CRC-32C (Castagnoli) of size bytes, continuing from crc (0 to start).
-uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
+MONGOOSE_API uint32_t crc32c(const void* data, size_t size, uint32_t crc = 0);
 
 }  // namespace mongoose
+
+#endif  // __cplusplus
+
+//-----------------------------------------------------------------------------------------------
+// [SECTION] C API
+//-----------------------------------------------------------------------------------------------
+// The library for C (and for ctypes, cffi and other foreign-function interfaces): opaque handles,
+// plain structs and arrays, no exceptions. A C99 compiler sees only this section of the file.
+//
+// Errors: every function that can fail returns an int status, MG_OK (0) or one of the MG_ERROR_*
+// codes, and, when its last argument `err` is not NULL, fills *err with the same code and a
+// message naming the call and the problem (err->message is "" on success). Nothing is thrown and
+// nothing printed; every pointer and handle is checked (NULL is an error, never a crash), and
+// arrays are read only within the sizes the caller states. On error, output handles are set to
+// NULL and other outputs are left unspecified.
+// Threads: a handle may be used by one thread at a time while it trains or loads; the calls taking
+// a const handle (evaluate, predict, getters) may run from several threads at once.
+// Results depend only on the configuration (seed, thread count) and the data, as in C++: the C
+// API trains bit-identically to mongoose::Model (and mongoose-train) with the same settings.
+
+#ifdef __cplusplus
+#include <cstddef>
+#include <cstdint>
+#else
+#include <stddef.h>
+#include <stdint.h>
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Status codes.
+#define MG_OK 0
+#define MG_ERROR_ARGUMENT 1  // refused before any work: a NULL handle or pointer, a size, a CSR array
+                             // or a configuration field out of range (the message names which)
+#define MG_ERROR_FILE 2      // a file could not be read, parsed or written (the message says where)
+#define MG_ERROR_FAILED 3    // the library refused or failed the call (data the model cannot take,
+                             // a non-finite loss, out of memory, ...); the message says why
+
+// A status with its message; messages longer than the buffer are cut (still NUL-terminated).
+typedef struct mg_error {
+  int code;
+  char message[1024];
+} mg_error;
+
+// Values of mg_config::output.
+#define MG_OUTPUT_FULL 0      // exact softmax over every label
+#define MG_OUTPUT_LSH 1       // LSH-sampled softmax, tables rebuilt on a fixed period (SLIDE)
+#define MG_OUTPUT_MONGOOSE 2  // lsh with the change-detecting scheduler and learned hash functions
+                              // (as mongoose-train --output mongoose)
+// Values of mg_config::hash.
+#define MG_HASH_SIMHASH 0
+#define MG_HASH_DWTA 1
+// Inference modes (evaluate, predict).
+#define MG_INFER_FULL 0  // score every label exactly
+#define MG_INFER_LSH 1   // score the retrieved labels and the frequent-label shortlist (lsh models)
+
+// The main fields of mongoose::Config; mg_config_init sets the library's defaults. Ranges are
+// those of Config (checked by mg_model_create, with the field named in the message).
+typedef struct mg_config {
+  int32_t output;           // MG_OUTPUT_FULL (default), MG_OUTPUT_LSH or MG_OUTPUT_MONGOOSE
+  uint32_t hidden;          // hidden units, 1..65536 (128)
+  float learning_rate;      // Adam step size, (0, 1] (0.001)
+  uint32_t batch_size;      // examples per batch, 1..65536 (128)
+  uint32_t threads;         // worker threads, 0 = all cores; results depend on it (0)
+  uint64_t seed;            // weights, shuffling, sampling, hash functions (42)
+  int32_t scalar;           // non-zero: portable scalar kernels instead of AVX2/NEON (0)
+  int32_t hash;             // MG_HASH_SIMHASH (default) or MG_HASH_DWTA
+  uint32_t K, L;            // bits per table 1..24 (8), tables 1..1024 (20)
+  uint32_t min_active;      // shared active set per batch (256)
+  uint32_t max_active;      // retrieved neurons kept per example, 0 = all (64)
+  float tail_drift;         // [0, 10] (0.3)
+  uint32_t rehash_every;    // fixed scheduler: batches between rebuilds, 0 = never (50)
+  uint32_t infer_shortlist; // frequent labels scored by MG_INFER_LSH (1024)
+  uint64_t max_bytes;       // memory budget of the network in bytes (8 GiB; 1 GiB on 32-bit)
+} mg_config;
+
+// Precision at 1, 3 and 5 over a dataset's rows (rows without labels count as 0).
+typedef struct mg_metrics {
+  double p_at_1, p_at_3, p_at_5;
+  uint64_t rows;
+  double seconds;           // wall time of the evaluation
+} mg_metrics;
+
+typedef struct mg_dataset mg_dataset;  // a validated multi-label sparse dataset
+typedef struct mg_model mg_model;      // a network with its optimizer state and index
+
+// Fills *config with the defaults above (nothing happens when config is NULL).
+MONGOOSE_API void mg_config_init(mg_config* config);
+
+// Reads an XC text file or a binary dataset (mongoose::read_dataset) into a new *out.
+MONGOOSE_API int mg_dataset_read(const char* path, mg_dataset** out, mg_error* err);
+// A new *out from CSR arrays (scipy's layout): row r's features are feature_indices and
+// feature_values [feature_indptr[r], feature_indptr[r+1]) (rows + 1 offsets, from 0 to
+// feature_nnz; feature_values NULL = every value 1), its labels label_indices [label_indptr[r],
+// label_indptr[r+1]) (label_indptr NULL = no row has labels). The arrays are copied and checked:
+// ids < features / labels, no id twice in a row, finite values of magnitude <= 1e18.
+MONGOOSE_API int mg_dataset_from_csr(size_t rows, size_t features, size_t labels,
+                                     const uint64_t* feature_indptr, const uint32_t* feature_indices,
+                                     const float* feature_values, size_t feature_nnz,
+                                     const uint64_t* label_indptr, const uint32_t* label_indices,
+                                     size_t label_nnz, mg_dataset** out, mg_error* err);
+// Scales each row's feature values to unit L2 norm (mongoose-train --normalize on).
+MONGOOSE_API int mg_dataset_normalize(mg_dataset* data, mg_error* err);
+// The dataset's rows, features and labels (0 for NULL).
+MONGOOSE_API size_t mg_dataset_rows(const mg_dataset* data);
+MONGOOSE_API size_t mg_dataset_features(const mg_dataset* data);
+MONGOOSE_API size_t mg_dataset_labels(const mg_dataset* data);
+// Frees a dataset (NULL is fine).
+MONGOOSE_API void mg_dataset_free(mg_dataset* data);
+
+// A new network for `features` inputs and `labels` outputs, random weights from config->seed.
+MONGOOSE_API int mg_model_create(const mg_config* config, size_t features, size_t labels, mg_model** out,
+                                 mg_error* err);
+// One pass over `data` in a shuffled order (seeded by seed and epoch). *mean_loss (optional) gets
+// the epoch's mean cross-entropy.
+MONGOOSE_API int mg_model_train_epoch(mg_model* model, const mg_dataset* data, double* mean_loss, mg_error* err);
+// One Adam step on rows [begin, end) of `data` (begin < end <= rows, any size). *loss optional.
+MONGOOSE_API int mg_model_train_batch(mg_model* model, const mg_dataset* data, size_t begin, size_t end,
+                                      float* loss, mg_error* err);
+// P@1/3/5 over every row of `data`; infer is MG_INFER_FULL or MG_INFER_LSH.
+MONGOOSE_API int mg_model_evaluate(const mg_model* model, const mg_dataset* data, int32_t infer,
+                                   mg_metrics* out, mg_error* err);
+// The k (>= 1) best labels of one sparse input (ids < features, distinct; values finite; values
+// NULL = every value 1), best first, into labels[0..k) and scores[0..k) (logits; scores may be
+// NULL); *count (optional) gets how many were written, min(k, labels).
+MONGOOSE_API int mg_model_predict(const mg_model* model, const uint32_t* ids, const float* values, size_t nnz,
+                                  size_t k, int32_t infer, uint32_t* labels, float* scores, size_t* count,
+                                  mg_error* err);
+// The k best labels of every row of `data`: row r's at labels[r*k .. r*k+k) and scores (may be
+// NULL) likewise, rows x k entries; when k > labels the rest of a row is label UINT32_MAX, score
+// -infinity.
+MONGOOSE_API int mg_model_predict_dataset(const mg_model* model, const mg_dataset* data, size_t k, int32_t infer,
+                                          uint32_t* labels, float* scores, mg_error* err);
+// Saves the model (with its optimizer state) atomically, as mongoose::save_model.
+MONGOOSE_API int mg_model_save(const mg_model* model, const char* path, mg_error* err);
+// Loads a model saved by mg_model_save or mongoose::save_model into a new *out.
+MONGOOSE_API int mg_model_load(const char* path, mg_model** out, mg_error* err);
+// The model's inputs and outputs (0 for NULL).
+MONGOOSE_API size_t mg_model_features(const mg_model* model);
+MONGOOSE_API size_t mg_model_labels(const mg_model* model);
+// Frees a model (NULL is fine).
+MONGOOSE_API void mg_model_free(mg_model* model);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif
 
 #endif  // MONGOOSE_H
