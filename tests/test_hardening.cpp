@@ -124,7 +124,9 @@ std::vector<BrokenDataset> broken_datasets(const Dataset& good) {
     d.label_ids[d.label_offsets[r] + 1] = d.label_ids[d.label_offsets[r]];
   });
   add("zero features", "features = 0", [](Dataset& d) { d.features = 0; });
-  add("2^32 labels", "labels = 4294967296", [](Dataset& d) { d.labels = size_t(1) << 32; });
+  // 2^32 labels only exist where size_t has more than 32 bits.
+  if (sizeof(size_t) > 4)
+    add("2^32 labels", "labels = 4294967296", [](Dataset& d) { d.labels = size_t(uint64_t(1) << 32); });
   return out;
 }
 
