@@ -177,6 +177,22 @@ uint64_t mul_sat(uint64_t a, uint64_t b) {
 }
 uint64_t add_sat(uint64_t a, uint64_t b) { return a > ~uint64_t(0) - b ? ~uint64_t(0) : a + b; }
 
+// Finiteness read from the bit pattern (exponent all ones: infinity or NaN). Not std::isfinite,
+// nor a comparison: under -ffast-math (-ffinite-math-only) compilers assume no value is NaN or
+// infinite and fold those to constants, which would let NaN and infinity from user data, files
+// or a diverging model through every check. Every check of values from outside or of the
+// model's state goes through these.
+bool is_finite(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return (bits & 0x7F800000u) != 0x7F800000u;
+}
+bool is_finite(double x) {
+  uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return (bits & 0x7FF0000000000000ull) != 0x7FF0000000000000ull;
+}
+
 // Feature and label ids are 32-bit. A function, not an inline comparison: where size_t has 32 bits
 // the test is always false, and compilers warn about that comparison (-Wtype-limits).
 bool exceeds_u32(uint64_t count) { return count > 0xFFFFFFFFull; }
@@ -619,7 +635,7 @@ class SectionReader {
     if (!host_is_little_endian())
       for (float& x : *v) { uint32_t u; std::memcpy(&u, &x, 4); u = byte_swap32(u); std::memcpy(&x, &u, 4); }
     for (size_t i = 0; i < n; ++i)
-      if (!std::isfinite((*v)[i])) return fail(strf("section %s: value %zu is not finite", tag_, i));
+      if (!is_finite((*v)[i])) return fail(strf("section %s: value %zu is not finite", tag_, i));
     return Status();
   }
   Status u32s(std::vector<uint32_t>* v, size_t n) {
@@ -1078,7 +1094,7 @@ template <class O>
 inline float logsumexp_k(const float* x, size_t n) {
   if (n == 0) return -std::numeric_limits<float>::infinity();
   float m = max_k<O>(x, n);
-  if (!std::isfinite(m)) return m;
+  if (!is_finite(m)) return m;
   return m + std::log(sum_exp_k<O>(x, n, m, nullptr));
 }
 
@@ -1590,7 +1606,7 @@ std::string row_fault(const uint32_t* ids, const float* values, size_t nnz, cons
                       size_t num_labels, size_t features, size_t label_space, std::vector<uint64_t>* scratch) {
   for (size_t k = 0; k < nnz; ++k) {
     if (ids[k] >= features) return strf("feature id %u out of range [0, %zu)", ids[k], features);
-    if (!(std::fabs(values[k]) <= max_feature_value))
+    if (!is_finite(values[k]) || !(std::fabs(values[k]) <= max_feature_value))
       return strf("feature %u has value %g; values must be finite with magnitude <= 1e18 (scale the inputs)", ids[k],
                   double(values[k]));
   }
@@ -2185,9 +2201,9 @@ class XcParser {
       const char* bad = res.ec != std::errc() ? vstart : res.ptr;
       return fail(bad, strf("malformed value '%s' for feature %llu", printable(vstart, vend).c_str(), (unsigned long long)id));
     }
-    if (!std::isfinite(value))
+    if (!is_finite(value))
       return fail(vstart, strf("value '%s' of feature %llu is not finite", printable(vstart, vend).c_str(), (unsigned long long)id));
-    if (!(std::fabs(value) <= max_feature_value))
+    if (!is_finite(value) || !(std::fabs(value) <= max_feature_value))
       return fail(vstart, strf("value '%s' of feature %llu is above the largest magnitude accepted, 1e18 (scale the inputs)",
                                printable(vstart, vend).c_str(), (unsigned long long)id));
     *out = value;
@@ -2461,7 +2477,7 @@ Status normalize_rows(Dataset* data) {
         return Status::error(strf("normalize_rows: row %zu: offsets decrease or pass the end of the arrays", r));
       double s = 0;
       for (uint64_t k = f0; k < f1; ++k) s += double(data->feature_values[k]) * data->feature_values[k];
-      if (!(s > 0) || !std::isfinite(s)) continue;
+      if (!(s > 0) || !is_finite(s)) continue;
       float inv = float(1.0 / std::sqrt(s));
       for (uint64_t k = f0; k < f1; ++k) data->feature_values[k] *= inv;
     }
@@ -2476,8 +2492,8 @@ Status make_synthetic(const SyntheticConfig& c, Dataset* train, Dataset* test) {
     if (c.labels == 0 || exceeds_u32(c.labels)) return Status::error("make_synthetic: labels must be in [1, 2^32)");
     if (c.max_labels == 0 || c.max_labels > c.labels) return Status::error("make_synthetic: max_labels must be in [1, labels]");
     if (c.prototype_features == 0 || c.prototype_features > c.features) return Status::error("make_synthetic: prototype_features must be in [1, features]");
-    if (!(c.keep_probability > 0.0f && c.keep_probability <= 1.0f)) return Status::error("make_synthetic: keep_probability must be in (0, 1]");
-    if (!(c.zipf_exponent >= 0.0f && c.zipf_exponent <= 4.0f)) return Status::error("make_synthetic: zipf_exponent must be in [0, 4]");
+    if (!is_finite(c.keep_probability) || !(c.keep_probability > 0.0f && c.keep_probability <= 1.0f)) return Status::error("make_synthetic: keep_probability must be in (0, 1]");
+    if (!is_finite(c.zipf_exponent) || !(c.zipf_exponent >= 0.0f && c.zipf_exponent <= 4.0f)) return Status::error("make_synthetic: zipf_exponent must be in [0, 4]");
     // The prototypes, the label distribution and the rows at their largest, against the budget.
     const uint64_t per_row = add_sat(mul_sat(add_sat(mul_sat(c.max_labels, c.prototype_features), c.noise_features), 8),
                                      add_sat(mul_sat(c.max_labels, 4), 16));
@@ -2543,7 +2559,7 @@ Status validate(const HashConfig& c) {
   if (c.dim == 0) return Status::error("HashConfig.dim must be > 0");
   if (c.K < 1 || c.K > 24) return Status::error(strf("HashConfig.K = %u out of range [1, 24]", c.K));
   if (c.L < 1 || c.L > 1024) return Status::error(strf("HashConfig.L = %u out of range [1, 1024]", c.L));
-  if (c.family == HashFamily::simhash && !(c.density > 0.0f && c.density <= 1.0f))
+  if (c.family == HashFamily::simhash && (!is_finite(c.density) || !(c.density > 0.0f && c.density <= 1.0f)))
     return Status::error(strf("HashConfig.density = %g out of range (0, 1]", double(c.density)));
   if (c.family == HashFamily::dwta && (c.bin_bits < 1 || c.bin_bits > 8))
     return Status::error(strf("HashConfig.bin_bits = %u out of range [1, 8]", c.bin_bits));
@@ -2613,7 +2629,7 @@ Status Hasher::set_projection(const std::vector<float>& projection) {
     return Status::error(strf("set_projection: size %zu, expected dim*K*L = %u*%u*%u = %zu", projection.size(),
                               config_.dim, config_.K, config_.L, want));
   for (size_t i = 0; i < projection.size(); ++i)
-    if (!std::isfinite(projection[i]))
+    if (!is_finite(projection[i]))
       return Status::error(strf("set_projection: value %zu (row %zu, column %zu) is not finite", i,
                                 i / (size_t(config_.K) * config_.L), i % (size_t(config_.K) * config_.L)));
   return guard("set_projection", [&] {
@@ -3088,15 +3104,15 @@ Status validate_output_fields(const Config& c, size_t dim) {
   tc.policy = c.bucket_policy;
   st = validate(tc);
   if (!st.ok()) return Status::error("Config." + st.message().substr(st.message().find('.') + 1));
-  if (!(c.rehash_decay >= 0.0f && c.rehash_decay <= 1.0f)) return Status::error(strf("Config.rehash_decay = %g out of range [0, 1]", double(c.rehash_decay)));
+  if (!is_finite(c.rehash_decay) || !(c.rehash_decay >= 0.0f && c.rehash_decay <= 1.0f)) return Status::error(strf("Config.rehash_decay = %g out of range [0, 1]", double(c.rehash_decay)));
   if (c.scheduler != Scheduler::fixed && c.scheduler != Scheduler::detect && c.scheduler != Scheduler::incremental)
     return Status::error("Config.scheduler is not a known scheduler");
   if (c.check_every < 1) return Status::error("Config.check_every = 0 out of range [1, 2^32)");
   if (c.detector_bits < 1 || c.detector_bits > 24) return Status::error(strf("Config.detector_bits = %u out of range [1, 24]", c.detector_bits));
-  if (!(c.tau > 0.0f && c.tau <= 1.0f)) return Status::error(strf("Config.tau = %g out of range (0, 1]", double(c.tau)));
-  if (!(c.full_rebuild_fraction > 0.0f && c.full_rebuild_fraction <= 1.0f))
+  if (!is_finite(c.tau) || !(c.tau > 0.0f && c.tau <= 1.0f)) return Status::error(strf("Config.tau = %g out of range (0, 1]", double(c.tau)));
+  if (!is_finite(c.full_rebuild_fraction) || !(c.full_rebuild_fraction > 0.0f && c.full_rebuild_fraction <= 1.0f))
     return Status::error(strf("Config.full_rebuild_fraction = %g out of range (0, 1]", double(c.full_rebuild_fraction)));
-  if (!(c.drift_epsilon >= 0.0f && std::isfinite(c.drift_epsilon))) return Status::error(strf("Config.drift_epsilon = %g must be finite and >= 0", double(c.drift_epsilon)));
+  if (!is_finite(c.drift_epsilon) || !(c.drift_epsilon >= 0.0f)) return Status::error(strf("Config.drift_epsilon = %g must be finite and >= 0", double(c.drift_epsilon)));
   if (c.exact_retrieval && c.max_active == 0) return Status::error("Config.exact_retrieval needs max_active > 0 (how many neurons to retrieve)");
   if (c.exact_retrieval && !c.retrieval) return Status::error("Config.exact_retrieval needs retrieval = true");
   if (c.probes > c.K) return Status::error(strf("Config.probes = %u out of range [0, K = %u]", c.probes, c.K));
@@ -3106,19 +3122,19 @@ Status validate_output_fields(const Config& c, size_t dim) {
   if (c.learn_hash && c.hash != HashFamily::simhash) return Status::error("Config.learn_hash needs hash = simhash (DWTA has no projection to learn)");
   if (c.learn_queries < 1) return Status::error("Config.learn_queries = 0 out of range [1, 2^32)");
   if (uint32_t(c.hash_loss) > uint32_t(HashLoss::triplet)) return Status::error(strf("Config.hash_loss = %u is not a HashLoss", unsigned(c.hash_loss)));
-  if (!(c.tail_drift >= 0.0f && c.tail_drift <= 10.0f)) return Status::error(strf("Config.tail_drift = %g out of range [0, 10]", double(c.tail_drift)));
-  if (!(c.triplet_margin > 0.0f && c.triplet_margin <= 2.0f)) return Status::error(strf("Config.triplet_margin = %g out of range (0, 2]", double(c.triplet_margin)));
+  if (!is_finite(c.tail_drift) || !(c.tail_drift >= 0.0f && c.tail_drift <= 10.0f)) return Status::error(strf("Config.tail_drift = %g out of range [0, 10]", double(c.tail_drift)));
+  if (!is_finite(c.triplet_margin) || !(c.triplet_margin > 0.0f && c.triplet_margin <= 2.0f)) return Status::error(strf("Config.triplet_margin = %g out of range (0, 2]", double(c.triplet_margin)));
   if (c.hash_steps < 1 || c.hash_steps > 10000) return Status::error(strf("Config.hash_steps = %u out of range [1, 10000]", c.hash_steps));
-  if (!(c.hash_lr > 0.0f && c.hash_lr <= 1.0f)) return Status::error(strf("Config.hash_lr = %g out of range (0, 1]", double(c.hash_lr)));
+  if (!is_finite(c.hash_lr) || !(c.hash_lr > 0.0f && c.hash_lr <= 1.0f)) return Status::error(strf("Config.hash_lr = %g out of range (0, 1]", double(c.hash_lr)));
   return Status();
 }
 
 // The optimizer and execution fields every component reads.
 Status validate_training_fields(const Config& c) {
-  if (!(c.learning_rate > 0.0f && c.learning_rate <= 1.0f)) return Status::error(strf("Config.learning_rate = %g out of range (0, 1]", double(c.learning_rate)));
-  if (!(c.beta1 >= 0.0f && c.beta1 < 1.0f)) return Status::error(strf("Config.beta1 = %g out of range [0, 1)", double(c.beta1)));
-  if (!(c.beta2 >= 0.0f && c.beta2 < 1.0f)) return Status::error(strf("Config.beta2 = %g out of range [0, 1)", double(c.beta2)));
-  if (!(c.adam_eps > 0.0f && c.adam_eps < 1.0f)) return Status::error(strf("Config.adam_eps = %g out of range (0, 1)", double(c.adam_eps)));
+  if (!is_finite(c.learning_rate) || !(c.learning_rate > 0.0f && c.learning_rate <= 1.0f)) return Status::error(strf("Config.learning_rate = %g out of range (0, 1]", double(c.learning_rate)));
+  if (!is_finite(c.beta1) || !(c.beta1 >= 0.0f && c.beta1 < 1.0f)) return Status::error(strf("Config.beta1 = %g out of range [0, 1)", double(c.beta1)));
+  if (!is_finite(c.beta2) || !(c.beta2 >= 0.0f && c.beta2 < 1.0f)) return Status::error(strf("Config.beta2 = %g out of range [0, 1)", double(c.beta2)));
+  if (!is_finite(c.adam_eps) || !(c.adam_eps > 0.0f && c.adam_eps < 1.0f)) return Status::error(strf("Config.adam_eps = %g out of range (0, 1)", double(c.adam_eps)));
   if (c.batch_size < 1 || c.batch_size > 65536) return Status::error(strf("Config.batch_size = %u out of range [1, 65536]", c.batch_size));
   if (c.threads > 1024) return Status::error(strf("Config.threads = %u out of range [0, 1024]", c.threads));
   if (uint32_t(c.simd) > uint32_t(Simd::neon)) return Status::error(strf("Config.simd = %u is not a Simd", unsigned(c.simd)));
@@ -3904,7 +3920,7 @@ class HashLearner {
     if (cfg_.hash_binarize)
       for (float& p : P) p = p >= 0.0f ? 1.0f : -1.0f;
     for (float p : P)
-      if (!std::isfinite(p)) return false;  // a non-finite projection is dropped, never swapped in
+      if (!is_finite(p)) return false;  // a non-finite projection is dropped, never swapped in
     out->swap(P);
     return true;
   }
@@ -4677,7 +4693,7 @@ Status OutputCore::train_step(const float* h, size_t h_stride, size_t B, const L
   }
   for (size_t e = 0; e < B; ++e) loss += losses_[e];
   loss /= double(labelled);
-  if (!std::isfinite(loss)) {
+  if (!is_finite(loss)) {
     undo_batch(labels, B, step_before, counted_before);
     return Status::error(strf("training diverged at batch %llu: the loss is not finite (weights before this batch are kept%s)",
                               (unsigned long long)(stats_.batches + 1),
@@ -5046,7 +5062,7 @@ Status check_inputs(const char* where, const float* h, size_t n, size_t stride, 
   if (stride < d) return Status::error(strf("%s: stride %zu is below input_dim %zu", where, stride, d));
   for (size_t i = 0; i < n; ++i)
     for (size_t j = 0; j < d; ++j)
-      if (!(std::fabs(h[i * stride + j]) <= kMaxMagnitude))
+      if (!is_finite(h[i * stride + j]) || !(std::fabs(h[i * stride + j]) <= kMaxMagnitude))
         return Status::error(strf("%s: input %zu, unit %zu is %g; inputs must be finite with magnitude <= 1e18", where, i, j,
                                   double(h[i * stride + j])));
   return Status();
@@ -5775,7 +5791,7 @@ void apply_load_options(const LoadOptions& o, Config* c) {
     const Config& t = *o.override_training;
     c->learning_rate = t.learning_rate; c->beta1 = t.beta1; c->beta2 = t.beta2; c->adam_eps = t.adam_eps;
     c->batch_size = t.batch_size; c->threads = t.threads; c->simd = t.simd; c->on_progress = t.on_progress;
-  } else if (c->threads > resolve_threads(0)) {
+  } else if (MONGOOSE_HAVE_THREADS && c->threads > resolve_threads(0)) {  // (without threads any count runs as 1)
     c->threads = 0;
   }
   c->max_bytes = o.max_bytes;
@@ -5824,7 +5840,7 @@ Status check_finite(const std::string& path, const std::vector<StateArray>& stat
   for (const StateArray& a : state) {
     if (a.moment && !optimizer) continue;
     for (size_t i = 0; i < a.size(); ++i)
-      if (a.values ? !std::isfinite((*a.values)[i]) : ((*a.halves)[i] & 0x7F80u) == 0x7F80u)
+      if (a.values ? !is_finite((*a.values)[i]) : ((*a.halves)[i] & 0x7F80u) == 0x7F80u)
         return Status::error(strf("save_model: %s: %s value %zu is not finite (training diverged); nothing was written",
                                   path.c_str(), a.name, i));
   }
@@ -5864,7 +5880,7 @@ Status read_index(SectionReader& r, const Config& c, uint64_t d, uint64_t N, Out
   s->mips_norm2 = nr.f32();
   if (!(st = r.floats(&s->projection, size_t((hash_bytes - 4) / 4))).ok()) return st;
   if (!(st = r.check_crc()).ok()) return st;
-  if (!std::isfinite(s->mips_norm2) || s->mips_norm2 < 0) return r.fail("section HASH: the MIPS norm is not a finite non-negative number");
+  if (!is_finite(s->mips_norm2) || s->mips_norm2 < 0) return r.fail("section HASH: the MIPS norm is not a finite non-negative number");
   if (!(st = r.expect("CODE", N * c.L * 4)).ok()) return st;
   if (!(st = r.u32s(&s->codes, size_t(N * c.L))).ok()) return st;
   if (!(st = r.check_crc()).ok()) return st;
