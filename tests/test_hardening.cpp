@@ -773,7 +773,10 @@ TEST_CASE("hardening: crafted model files with impossible optimizer state or cou
   size_t at = find(bad, "OUTA", &payload, &len);
   REQUIRE(at);
   const float minus = -1.0f;
-  std::memcpy(&bad[payload + size_t(len) - 4], &minus, 4);
+  uint32_t minus_bits;
+  std::memcpy(&minus_bits, &minus, 4);
+  for (size_t i = 0; i < 4; ++i)  // files are little-endian whatever the host (s390x is not)
+    bad[payload + size_t(len) - 4 + i] = char((minus_bits >> (8 * i)) & 0xFF);
   reseal(bad, at, len);
   write_bytes(dir.file("bad.bin"), bad);
   Model back;
