@@ -25,24 +25,35 @@
 #include "mongoose.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstdarg>
 #include <charconv>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <limits>
-#include <mutex>
 #include <numeric>
 #include <new>
 #include <stdexcept>
-#include <thread>
 #include <utility>
+
+// Threads are left out when asked (MONGOOSE_NO_THREADS) or when the standard library has none:
+// libstdc++ built without gthreads (mingw-w64's win32 thread model before GCC 13, bare-metal
+// newlib) declares no std::thread or std::mutex.
+#if !defined(MONGOOSE_NO_THREADS) && defined(__GLIBCXX__) && !defined(_GLIBCXX_HAS_GTHREADS)
+#define MONGOOSE_NO_THREADS 1
+#endif
+#if defined(MONGOOSE_NO_THREADS)
+#define MONGOOSE_HAVE_THREADS 0
+#else
+#define MONGOOSE_HAVE_THREADS 1
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#endif
 
 #if defined(_WIN32)
 #include <fcntl.h>
@@ -108,8 +119,14 @@ Status Status::error(std::string message) {
 
 namespace {
 
-// Formats like printf into a std::string (messages only; never on a hot path).
-#if defined(__GNUC__)
+// Formats like printf into a std::string (messages only; never on a hot path). mingw-w64: with
+// libstdc++, vsnprintf is mingw's own C99 one (__USE_MINGW_ANSI_STDIO), which knows %zu and %llu,
+// so calls are checked as that printf (gnu_printf), not as msvcrt's. Not checked with newlib
+// (arm-none-eabi): its uint32_t is an unsigned long as wide as unsigned, which %u reads right, but
+// GCC flags every such argument; the other targets check the same calls.
+#if defined(__MINGW_PRINTF_FORMAT)
+__attribute__((format(__MINGW_PRINTF_FORMAT, 1, 2)))
+#elif defined(__GNUC__) && !defined(_NEWLIB_VERSION)
 __attribute__((format(printf, 1, 2)))
 #endif
 std::string strf(const char* fmt, ...) {
@@ -169,6 +186,26 @@ uint64_t mul_sat(uint64_t a, uint64_t b) {
   return a * b;
 }
 uint64_t add_sat(uint64_t a, uint64_t b) { return a > ~uint64_t(0) - b ? ~uint64_t(0) : a + b; }
+
+// Finiteness read from the bit pattern (exponent all ones: infinity or NaN). Not std::isfinite,
+// nor a comparison: under -ffast-math (-ffinite-math-only) compilers assume no value is NaN or
+// infinite and fold those to constants, which would let NaN and infinity from user data, files
+// or a diverging model through every check. Every check of values from outside or of the
+// model's state goes through these.
+bool is_finite(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return (bits & 0x7F800000u) != 0x7F800000u;
+}
+bool is_finite(double x) {
+  uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return (bits & 0x7FF0000000000000ull) != 0x7FF0000000000000ull;
+}
+
+// Feature and label ids are 32-bit. A function, not an inline comparison: where size_t has 32 bits
+// the test is always false, and compilers warn about that comparison (-Wtype-limits).
+bool exceeds_u32(uint64_t count) { return count > 0xFFFFFFFFull; }
 
 }  // namespace
 
@@ -608,7 +645,7 @@ class SectionReader {
     if (!host_is_little_endian())
       for (float& x : *v) { uint32_t u; std::memcpy(&u, &x, 4); u = byte_swap32(u); std::memcpy(&x, &u, 4); }
     for (size_t i = 0; i < n; ++i)
-      if (!std::isfinite((*v)[i])) return fail(strf("section %s: value %zu is not finite", tag_, i));
+      if (!is_finite((*v)[i])) return fail(strf("section %s: value %zu is not finite", tag_, i));
     return Status();
   }
   Status u32s(std::vector<uint32_t>* v, size_t n) {
@@ -1067,7 +1104,7 @@ template <class O>
 inline float logsumexp_k(const float* x, size_t n) {
   if (n == 0) return -std::numeric_limits<float>::infinity();
   float m = max_k<O>(x, n);
-  if (!std::isfinite(m)) return m;
+  if (!is_finite(m)) return m;
   return m + std::log(sum_exp_k<O>(x, n, m, nullptr));
 }
 
@@ -1373,6 +1410,18 @@ uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
 
 namespace {
 
+#if MONGOOSE_HAVE_THREADS
+using Mutex = std::mutex;
+using MutexLock = std::lock_guard<std::mutex>;
+#else
+// Single-threaded builds: nothing runs concurrently, so there is nothing to lock.
+struct Mutex {};
+struct MutexLock {
+  explicit MutexLock(Mutex&) {}
+};
+#endif
+
+#if MONGOOSE_HAVE_THREADS
 class ThreadPool {
  public:
   // Throws (std::system_error, std::bad_alloc) when the threads cannot be started; then the ones
@@ -1383,7 +1432,7 @@ class ThreadPool {
       for (uint32_t w = 1; w < threads_; ++w) workers_.emplace_back([this, w] { loop(w); });
     } catch (const std::exception& e) {
       shut_down();
-      throw StatusError{Status::error(strf("could not start %u worker threads (Config::threads): %s", threads_, e.what()))};
+      throw StatusError{Status::error(strf("could not start %u worker threads (Config::threads): %s", unsigned(threads_), e.what()))};
     }
   }
   ~ThreadPool() { shut_down(); }
@@ -1480,6 +1529,21 @@ uint32_t resolve_threads(uint32_t requested) {
   unsigned hw = std::thread::hardware_concurrency();
   return hw ? hw : 1;
 }
+#else
+// MONGOOSE_NO_THREADS: every run is the one-thread pool's, on the calling thread.
+class ThreadPool {
+ public:
+  explicit ThreadPool(uint32_t) {}
+  uint32_t size() const { return 1; }
+  template <class F>
+  void run(size_t tasks, F&& fn) {
+    for (size_t t = 0; t < tasks; ++t) fn(t, 0u);
+  }
+};
+
+// Any request runs with one thread: the results are those of threads = 1 in a threaded build.
+uint32_t resolve_threads(uint32_t) { return 1; }
+#endif
 
 // What a layer's batch work runs on: the pool and the kernel table.
 struct Exec {
@@ -1552,7 +1616,7 @@ std::string row_fault(const uint32_t* ids, const float* values, size_t nnz, cons
                       size_t num_labels, size_t features, size_t label_space, std::vector<uint64_t>* scratch) {
   for (size_t k = 0; k < nnz; ++k) {
     if (ids[k] >= features) return strf("feature id %u out of range [0, %zu)", ids[k], features);
-    if (!(std::fabs(values[k]) <= max_feature_value))
+    if (!is_finite(values[k]) || !(std::fabs(values[k]) <= max_feature_value))
       return strf("feature %u has value %g; values must be finite with magnitude <= 1e18 (scale the inputs)", ids[k],
                   double(values[k]));
   }
@@ -1576,9 +1640,9 @@ std::string dataset_name(const Dataset& d) { return d.source.empty() ? std::stri
 // The O(1) structural invariants: counts in range and the arrays' sizes consistent.
 Status check_dataset_shape(const Dataset& d) {
   const std::string name = dataset_name(d);
-  if (d.features == 0 || d.features > 0xFFFFFFFFull)
+  if (d.features == 0 || exceeds_u32(d.features))
     return Status::error(strf("%s: features = %zu out of range [1, 2^32)", name.c_str(), d.features));
-  if (d.labels == 0 || d.labels > 0xFFFFFFFFull)
+  if (d.labels == 0 || exceeds_u32(d.labels))
     return Status::error(strf("%s: labels = %zu out of range [1, 2^32)", name.c_str(), d.labels));
   // (size() - 1 != rows, not size() != rows + 1: rows may be SIZE_MAX, and rows + 1 would wrap.)
   if (d.row_offsets.empty() || d.label_offsets.empty() || d.row_offsets.size() - 1 != d.rows ||
@@ -1660,6 +1724,220 @@ size_t Dataset::bytes() const {
 }
 
 namespace {
+
+// Decimal text to the nearest float (ties to even), the same float std::from_chars gives. Used where
+// the standard library has no floating-point from_chars (libc++ up to at least 14, some embedded
+// libraries) and, everywhere, to tell overflow from underflow when from_chars reports either as
+// out of range. strtof is not used: it follows the C locale's decimal point, which the program
+// may have changed with setlocale.
+#if defined(__cpp_lib_to_chars) && !defined(MONGOOSE_NO_FROM_CHARS_FLOAT)
+#define MONGOOSE_HAVE_FROM_CHARS_FLOAT 1
+#else
+#define MONGOOSE_HAVE_FROM_CHARS_FLOAT 0
+#endif
+
+// An unsigned integer of any size (little-endian 32-bit limbs, no leading zero limbs): just the
+// operations an exact decimal-to-binary conversion needs.
+class BigUint {
+ public:
+  bool is_zero() const { return limbs_.empty(); }
+  void multiply_add(uint32_t factor, uint32_t addend) {
+    uint64_t carry = addend;
+    for (uint32_t& limb : limbs_) {
+      const uint64_t t = uint64_t(limb) * factor + carry;
+      limb = uint32_t(t);
+      carry = t >> 32;
+    }
+    if (carry) limbs_.push_back(uint32_t(carry));
+  }
+  void shift_left(size_t bits) {
+    if (is_zero() || bits == 0) return;
+    const size_t words = bits / 32, rest = bits % 32;
+    if (rest) {
+      uint32_t carry = 0;
+      for (uint32_t& limb : limbs_) {
+        const uint32_t next = limb >> (32 - rest);
+        limb = (limb << rest) | carry;
+        carry = next;
+      }
+      if (carry) limbs_.push_back(carry);
+    }
+    limbs_.insert(limbs_.begin(), words, 0u);
+  }
+  size_t bit_length() const {
+    if (is_zero()) return 0;
+    size_t bits = 32 * (limbs_.size() - 1);
+    for (uint32_t top = limbs_.back(); top; top >>= 1) ++bits;
+    return bits;
+  }
+  static int compare(const BigUint& a, const BigUint& b) {
+    if (a.limbs_.size() != b.limbs_.size()) return a.limbs_.size() < b.limbs_.size() ? -1 : 1;
+    for (size_t i = a.limbs_.size(); i-- > 0;)
+      if (a.limbs_[i] != b.limbs_[i]) return a.limbs_[i] < b.limbs_[i] ? -1 : 1;
+    return 0;
+  }
+  // *this -= b; needs *this >= b.
+  void subtract(const BigUint& b) {
+    int64_t borrow = 0;
+    for (size_t i = 0; i < limbs_.size(); ++i) {
+      int64_t t = int64_t(limbs_[i]) - (i < b.limbs_.size() ? int64_t(b.limbs_[i]) : 0) - borrow;
+      borrow = t < 0;
+      limbs_[i] = uint32_t(t + (borrow << 32));
+    }
+    while (!limbs_.empty() && limbs_.back() == 0) limbs_.pop_back();
+  }
+
+ private:
+  std::vector<uint32_t> limbs_;
+};
+
+bool ascii_iequal(const char* first, const char* last, const char* lower_word) {
+  for (; *lower_word; ++first, ++lower_word)
+    if (first == last || (*first | 0x20) != *lower_word) return false;
+  return true;
+}
+
+// Where parsing stopped and why, as std::from_chars_result; ec is result_out_of_range for a value
+// too large for a float (*overflow set) or one that rounds to zero (*overflow clear), and *out is
+// then left as it was.
+std::from_chars_result decimal_to_float(const char* first, const char* last, float* out, bool* overflow) {
+  const char* p = first;
+  const bool negative = p < last && *p == '-';
+  if (negative) ++p;
+  // inf, infinity, nan and nan(letters digits _), any case, as from_chars accepts them.
+  if (ascii_iequal(p, last, "inf")) {
+    const char* end = ascii_iequal(p, last, "infinity") ? p + 8 : p + 3;
+    *out = negative ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::infinity();
+    return {end, std::errc()};
+  }
+  if (ascii_iequal(p, last, "nan")) {
+    const char* end = p + 3;
+    if (end < last && *end == '(') {
+      const char* q = end + 1;
+      while (q < last && ((*q >= '0' && *q <= '9') || ((*q | 0x20) >= 'a' && (*q | 0x20) <= 'z') || *q == '_')) ++q;
+      if (q < last && *q == ')') end = q + 1;
+    }
+    *out = std::numeric_limits<float>::quiet_NaN();
+    return {end, std::errc()};
+  }
+  // The significant digits (at most kept_digits of them, then a sticky 1 standing for any nonzero
+  // digit beyond: a halfway point between two floats has at most 112 significant digits, so the
+  // rounding cannot change) and the power of ten they are scaled by.
+  constexpr size_t kept_digits = 200;
+  std::string digits;
+  int64_t exponent10 = 0;
+  bool sticky = false, any_digit = false;
+  for (; p < last && *p >= '0' && *p <= '9'; ++p) {
+    any_digit = true;
+    if (digits.empty() && *p == '0') continue;
+    if (digits.size() < kept_digits) {
+      digits.push_back(*p);
+    } else {
+      ++exponent10;
+      sticky |= *p != '0';
+    }
+  }
+  if (p < last && *p == '.') {
+    const char* after_point = p + 1;
+    for (p = after_point; p < last && *p >= '0' && *p <= '9'; ++p) {
+      any_digit = true;
+      if (digits.empty() && *p == '0') {
+        --exponent10;
+      } else if (digits.size() < kept_digits) {
+        digits.push_back(*p);
+        --exponent10;
+      } else {
+        sticky |= *p != '0';
+      }
+    }
+  }
+  if (!any_digit) return {first, std::errc::invalid_argument};
+  if (p < last && (*p == 'e' || *p == 'E')) {
+    const char* q = p + 1;
+    const bool exponent_negative = q < last && *q == '-';
+    if (q < last && (*q == '-' || *q == '+')) ++q;
+    if (q < last && *q >= '0' && *q <= '9') {
+      int64_t written = 0;  // saturates: far beyond any float either way
+      for (; q < last && *q >= '0' && *q <= '9'; ++q) written = std::min<int64_t>(written * 10 + (*q - '0'), 1000000000);
+      exponent10 += exponent_negative ? -written : written;
+      p = q;
+    }
+  }
+  const std::from_chars_result parsed{p, std::errc()};
+  if (digits.empty()) {
+    *out = negative ? -0.0f : 0.0f;
+    return parsed;
+  }
+  if (sticky) {
+    digits.push_back('1');
+    --exponent10;
+  }
+  // The value is digits * 10^exponent10, in [10^(n-1+exponent10), 10^(n+exponent10)).
+  const int64_t n = int64_t(digits.size());
+  if (n - 1 + exponent10 >= 39) {  // >= 1e39: beyond FLT_MAX
+    *overflow = true;
+    return {p, std::errc::result_out_of_range};
+  }
+  if (n + exponent10 <= -46) {  // < 1e-46: below half the smallest denormal, rounds to zero
+    *overflow = false;
+    return {p, std::errc::result_out_of_range};
+  }
+  // Fast path: up to 7 digits (exact in a float) times or over a power of ten up to 10^10 (exact in
+  // a float too): one rounding of the exact double product or quotient, which is exact for the
+  // product and, as double has more than 2 * 24 + 2 bits, rounds the quotient to the right float.
+  if (n <= 7 && exponent10 >= -10 && exponent10 <= 10) {
+    static constexpr double powers[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10};
+    uint32_t integer = 0;
+    for (char c : digits) integer = integer * 10 + uint32_t(c - '0');
+    const double mantissa = double(integer);
+    const double v = exponent10 < 0 ? mantissa / powers[-exponent10] : mantissa * powers[exponent10];
+    *out = negative ? -float(v) : float(v);
+    return parsed;
+  }
+  // Exact path: numerator / denominator = digits * 10^exponent10; a quotient of 26 or 27 bits and
+  // whether a remainder is left decide the rounding.
+  BigUint numerator, denominator;
+  for (char c : digits) numerator.multiply_add(10, uint32_t(c - '0'));
+  denominator.multiply_add(0, 1);
+  for (int64_t i = 0; i < exponent10; ++i) numerator.multiply_add(10, 0);
+  for (int64_t i = 0; i < -exponent10; ++i) denominator.multiply_add(10, 0);
+  // value = (numerator * 2^shift / denominator) * 2^-shift, the quotient in [2^25, 2^27).
+  const int64_t shift = 26 - int64_t(numerator.bit_length()) + int64_t(denominator.bit_length());
+  if (shift > 0) numerator.shift_left(size_t(shift));
+  if (shift < 0) denominator.shift_left(size_t(-shift));
+  uint64_t quotient = 0;
+  for (int bit = 27; bit >= 0; --bit) {
+    BigUint part = denominator;
+    part.shift_left(size_t(bit));
+    if (BigUint::compare(numerator, part) >= 0) {
+      numerator.subtract(part);
+      quotient |= uint64_t(1) << bit;
+    }
+  }
+  const bool remainder = !numerator.is_zero();
+  int quotient_bits = 0;
+  for (uint64_t q = quotient; q; q >>= 1) ++quotient_bits;
+  // Bits to drop: down to 24 significant bits, or to the denormals' last bit (2^-149).
+  const int64_t drop = std::max<int64_t>(quotient_bits - 24, shift - 149);
+  uint64_t mantissa = 0;
+  if (drop <= 40) {
+    mantissa = quotient >> drop;
+    const bool half = (quotient >> (drop - 1)) & 1;
+    const bool below_half = (quotient & ((uint64_t(1) << (drop - 1)) - 1)) != 0 || remainder;
+    if (half && (below_half || (mantissa & 1))) ++mantissa;
+  }
+  if (mantissa == 0) {
+    *overflow = false;
+    return {p, std::errc::result_out_of_range};
+  }
+  const double magnitude = std::ldexp(double(mantissa), int(drop - shift));  // exact
+  if (magnitude >= 0x1p128) {
+    *overflow = true;
+    return {p, std::errc::result_out_of_range};
+  }
+  *out = negative ? -float(magnitude) : float(magnitude);
+  return parsed;
+}
 
 // Parses XC text a chunk of complete lines at a time, keeping line numbers across chunks.
 class XcParser {
@@ -1914,24 +2192,28 @@ class XcParser {
     if (*num == '+') ++num;  // from_chars rejects a leading '+'
     if (num < vend && (*num == '+' || *num == '-') && num != vstart)
       return fail(vstart, strf("malformed value '%s' for feature %llu", printable(vstart, vend).c_str(), (unsigned long long)id));
-    float value;
+    float value = 0;
+    bool overflow = false;
+#if MONGOOSE_HAVE_FROM_CHARS_FLOAT
     auto res = std::from_chars(num, vend, value);
+    if (res.ec == std::errc::result_out_of_range) res = decimal_to_float(num, vend, &value, &overflow);
+#else
+    auto res = decimal_to_float(num, vend, &value, &overflow);
+#endif
     if (res.ec == std::errc::result_out_of_range) {
-      // Too small for a float is fine (it becomes 0 or a denormal); too large is an error.
-      double d = std::strtod(std::string(vstart, vend).c_str(), nullptr);
-      if (!(std::fabs(d) < 1.0))
+      // Too small for a float is fine (it becomes 0); too large is an error.
+      if (overflow)
         return fail(vstart, strf("value '%s' of feature %llu is out of float range", printable(vstart, vend).c_str(), (unsigned long long)id));
-      value = float(d);
+      value = *num == '-' ? -0.0f : 0.0f;
       res.ec = std::errc();
-      res.ptr = vend;
     }
     if (res.ec != std::errc() || res.ptr != vend) {
       const char* bad = res.ec != std::errc() ? vstart : res.ptr;
       return fail(bad, strf("malformed value '%s' for feature %llu", printable(vstart, vend).c_str(), (unsigned long long)id));
     }
-    if (!std::isfinite(value))
+    if (!is_finite(value))
       return fail(vstart, strf("value '%s' of feature %llu is not finite", printable(vstart, vend).c_str(), (unsigned long long)id));
-    if (!(std::fabs(value) <= max_feature_value))
+    if (!is_finite(value) || !(std::fabs(value) <= max_feature_value))
       return fail(vstart, strf("value '%s' of feature %llu is above the largest magnitude accepted, 1e18 (scale the inputs)",
                                printable(vstart, vend).c_str(), (unsigned long long)id));
     *out = value;
@@ -2205,7 +2487,7 @@ Status normalize_rows(Dataset* data) {
         return Status::error(strf("normalize_rows: row %zu: offsets decrease or pass the end of the arrays", r));
       double s = 0;
       for (uint64_t k = f0; k < f1; ++k) s += double(data->feature_values[k]) * data->feature_values[k];
-      if (!(s > 0) || !std::isfinite(s)) continue;
+      if (!(s > 0) || !is_finite(s)) continue;
       float inv = float(1.0 / std::sqrt(s));
       for (uint64_t k = f0; k < f1; ++k) data->feature_values[k] *= inv;
     }
@@ -2216,12 +2498,12 @@ Status normalize_rows(Dataset* data) {
 Status make_synthetic(const SyntheticConfig& c, Dataset* train, Dataset* test) {
   return guard("make_synthetic", [&] {
     if (!train || !test) return Status::error("make_synthetic: train and test must not be null");
-    if (c.features == 0 || c.features > 0xFFFFFFFFull) return Status::error("make_synthetic: features must be in [1, 2^32)");
-    if (c.labels == 0 || c.labels > 0xFFFFFFFFull) return Status::error("make_synthetic: labels must be in [1, 2^32)");
+    if (c.features == 0 || exceeds_u32(c.features)) return Status::error("make_synthetic: features must be in [1, 2^32)");
+    if (c.labels == 0 || exceeds_u32(c.labels)) return Status::error("make_synthetic: labels must be in [1, 2^32)");
     if (c.max_labels == 0 || c.max_labels > c.labels) return Status::error("make_synthetic: max_labels must be in [1, labels]");
     if (c.prototype_features == 0 || c.prototype_features > c.features) return Status::error("make_synthetic: prototype_features must be in [1, features]");
-    if (!(c.keep_probability > 0.0f && c.keep_probability <= 1.0f)) return Status::error("make_synthetic: keep_probability must be in (0, 1]");
-    if (!(c.zipf_exponent >= 0.0f && c.zipf_exponent <= 4.0f)) return Status::error("make_synthetic: zipf_exponent must be in [0, 4]");
+    if (!is_finite(c.keep_probability) || !(c.keep_probability > 0.0f && c.keep_probability <= 1.0f)) return Status::error("make_synthetic: keep_probability must be in (0, 1]");
+    if (!is_finite(c.zipf_exponent) || !(c.zipf_exponent >= 0.0f && c.zipf_exponent <= 4.0f)) return Status::error("make_synthetic: zipf_exponent must be in [0, 4]");
     // The prototypes, the label distribution and the rows at their largest, against the budget.
     const uint64_t per_row = add_sat(mul_sat(add_sat(mul_sat(c.max_labels, c.prototype_features), c.noise_features), 8),
                                      add_sat(mul_sat(c.max_labels, 4), 16));
@@ -2287,7 +2569,7 @@ Status validate(const HashConfig& c) {
   if (c.dim == 0) return Status::error("HashConfig.dim must be > 0");
   if (c.K < 1 || c.K > 24) return Status::error(strf("HashConfig.K = %u out of range [1, 24]", c.K));
   if (c.L < 1 || c.L > 1024) return Status::error(strf("HashConfig.L = %u out of range [1, 1024]", c.L));
-  if (c.family == HashFamily::simhash && !(c.density > 0.0f && c.density <= 1.0f))
+  if (c.family == HashFamily::simhash && (!is_finite(c.density) || !(c.density > 0.0f && c.density <= 1.0f)))
     return Status::error(strf("HashConfig.density = %g out of range (0, 1]", double(c.density)));
   if (c.family == HashFamily::dwta && (c.bin_bits < 1 || c.bin_bits > 8))
     return Status::error(strf("HashConfig.bin_bits = %u out of range [1, 8]", c.bin_bits));
@@ -2357,7 +2639,7 @@ Status Hasher::set_projection(const std::vector<float>& projection) {
     return Status::error(strf("set_projection: size %zu, expected dim*K*L = %u*%u*%u = %zu", projection.size(),
                               config_.dim, config_.K, config_.L, want));
   for (size_t i = 0; i < projection.size(); ++i)
-    if (!std::isfinite(projection[i]))
+    if (!is_finite(projection[i]))
       return Status::error(strf("set_projection: value %zu (row %zu, column %zu) is not finite", i,
                                 i / (size_t(config_.K) * config_.L), i % (size_t(config_.K) * config_.L)));
   return guard("set_projection", [&] {
@@ -2680,7 +2962,7 @@ Status HashTables::update(uint32_t id, const uint32_t* old_codes, const uint32_t
 Status HashTables::build(const uint32_t* codes, size_t n, uint32_t threads) {
   Status st = check_ready("HashTables::build", codes || n == 0);
   if (!st.ok()) return st;
-  if (n > 0xFFFFFFFFull) return Status::error(strf("HashTables::build: %zu items; ids are 32-bit", n));
+  if (exceeds_u32(n)) return Status::error(strf("HashTables::build: %zu items; ids are 32-bit", n));
   return guard("HashTables::build", [&] {
     build_tables(codes, n, threads);
     return Status();
@@ -2832,15 +3114,15 @@ Status validate_output_fields(const Config& c, size_t dim) {
   tc.policy = c.bucket_policy;
   st = validate(tc);
   if (!st.ok()) return Status::error("Config." + st.message().substr(st.message().find('.') + 1));
-  if (!(c.rehash_decay >= 0.0f && c.rehash_decay <= 1.0f)) return Status::error(strf("Config.rehash_decay = %g out of range [0, 1]", double(c.rehash_decay)));
+  if (!is_finite(c.rehash_decay) || !(c.rehash_decay >= 0.0f && c.rehash_decay <= 1.0f)) return Status::error(strf("Config.rehash_decay = %g out of range [0, 1]", double(c.rehash_decay)));
   if (c.scheduler != Scheduler::fixed && c.scheduler != Scheduler::detect && c.scheduler != Scheduler::incremental)
     return Status::error("Config.scheduler is not a known scheduler");
   if (c.check_every < 1) return Status::error("Config.check_every = 0 out of range [1, 2^32)");
   if (c.detector_bits < 1 || c.detector_bits > 24) return Status::error(strf("Config.detector_bits = %u out of range [1, 24]", c.detector_bits));
-  if (!(c.tau > 0.0f && c.tau <= 1.0f)) return Status::error(strf("Config.tau = %g out of range (0, 1]", double(c.tau)));
-  if (!(c.full_rebuild_fraction > 0.0f && c.full_rebuild_fraction <= 1.0f))
+  if (!is_finite(c.tau) || !(c.tau > 0.0f && c.tau <= 1.0f)) return Status::error(strf("Config.tau = %g out of range (0, 1]", double(c.tau)));
+  if (!is_finite(c.full_rebuild_fraction) || !(c.full_rebuild_fraction > 0.0f && c.full_rebuild_fraction <= 1.0f))
     return Status::error(strf("Config.full_rebuild_fraction = %g out of range (0, 1]", double(c.full_rebuild_fraction)));
-  if (!(c.drift_epsilon >= 0.0f && std::isfinite(c.drift_epsilon))) return Status::error(strf("Config.drift_epsilon = %g must be finite and >= 0", double(c.drift_epsilon)));
+  if (!is_finite(c.drift_epsilon) || !(c.drift_epsilon >= 0.0f)) return Status::error(strf("Config.drift_epsilon = %g must be finite and >= 0", double(c.drift_epsilon)));
   if (c.exact_retrieval && c.max_active == 0) return Status::error("Config.exact_retrieval needs max_active > 0 (how many neurons to retrieve)");
   if (c.exact_retrieval && !c.retrieval) return Status::error("Config.exact_retrieval needs retrieval = true");
   if (c.probes > c.K) return Status::error(strf("Config.probes = %u out of range [0, K = %u]", c.probes, c.K));
@@ -2850,19 +3132,19 @@ Status validate_output_fields(const Config& c, size_t dim) {
   if (c.learn_hash && c.hash != HashFamily::simhash) return Status::error("Config.learn_hash needs hash = simhash (DWTA has no projection to learn)");
   if (c.learn_queries < 1) return Status::error("Config.learn_queries = 0 out of range [1, 2^32)");
   if (uint32_t(c.hash_loss) > uint32_t(HashLoss::triplet)) return Status::error(strf("Config.hash_loss = %u is not a HashLoss", unsigned(c.hash_loss)));
-  if (!(c.tail_drift >= 0.0f && c.tail_drift <= 10.0f)) return Status::error(strf("Config.tail_drift = %g out of range [0, 10]", double(c.tail_drift)));
-  if (!(c.triplet_margin > 0.0f && c.triplet_margin <= 2.0f)) return Status::error(strf("Config.triplet_margin = %g out of range (0, 2]", double(c.triplet_margin)));
+  if (!is_finite(c.tail_drift) || !(c.tail_drift >= 0.0f && c.tail_drift <= 10.0f)) return Status::error(strf("Config.tail_drift = %g out of range [0, 10]", double(c.tail_drift)));
+  if (!is_finite(c.triplet_margin) || !(c.triplet_margin > 0.0f && c.triplet_margin <= 2.0f)) return Status::error(strf("Config.triplet_margin = %g out of range (0, 2]", double(c.triplet_margin)));
   if (c.hash_steps < 1 || c.hash_steps > 10000) return Status::error(strf("Config.hash_steps = %u out of range [1, 10000]", c.hash_steps));
-  if (!(c.hash_lr > 0.0f && c.hash_lr <= 1.0f)) return Status::error(strf("Config.hash_lr = %g out of range (0, 1]", double(c.hash_lr)));
+  if (!is_finite(c.hash_lr) || !(c.hash_lr > 0.0f && c.hash_lr <= 1.0f)) return Status::error(strf("Config.hash_lr = %g out of range (0, 1]", double(c.hash_lr)));
   return Status();
 }
 
 // The optimizer and execution fields every component reads.
 Status validate_training_fields(const Config& c) {
-  if (!(c.learning_rate > 0.0f && c.learning_rate <= 1.0f)) return Status::error(strf("Config.learning_rate = %g out of range (0, 1]", double(c.learning_rate)));
-  if (!(c.beta1 >= 0.0f && c.beta1 < 1.0f)) return Status::error(strf("Config.beta1 = %g out of range [0, 1)", double(c.beta1)));
-  if (!(c.beta2 >= 0.0f && c.beta2 < 1.0f)) return Status::error(strf("Config.beta2 = %g out of range [0, 1)", double(c.beta2)));
-  if (!(c.adam_eps > 0.0f && c.adam_eps < 1.0f)) return Status::error(strf("Config.adam_eps = %g out of range (0, 1)", double(c.adam_eps)));
+  if (!is_finite(c.learning_rate) || !(c.learning_rate > 0.0f && c.learning_rate <= 1.0f)) return Status::error(strf("Config.learning_rate = %g out of range (0, 1]", double(c.learning_rate)));
+  if (!is_finite(c.beta1) || !(c.beta1 >= 0.0f && c.beta1 < 1.0f)) return Status::error(strf("Config.beta1 = %g out of range [0, 1)", double(c.beta1)));
+  if (!is_finite(c.beta2) || !(c.beta2 >= 0.0f && c.beta2 < 1.0f)) return Status::error(strf("Config.beta2 = %g out of range [0, 1)", double(c.beta2)));
+  if (!is_finite(c.adam_eps) || !(c.adam_eps > 0.0f && c.adam_eps < 1.0f)) return Status::error(strf("Config.adam_eps = %g out of range (0, 1)", double(c.adam_eps)));
   if (c.batch_size < 1 || c.batch_size > 65536) return Status::error(strf("Config.batch_size = %u out of range [1, 65536]", c.batch_size));
   if (c.threads > 1024) return Status::error(strf("Config.threads = %u out of range [0, 1024]", c.threads));
   if (uint32_t(c.simd) > uint32_t(Simd::neon)) return Status::error(strf("Config.simd = %u is not a Simd", unsigned(c.simd)));
@@ -3648,7 +3930,7 @@ class HashLearner {
     if (cfg_.hash_binarize)
       for (float& p : P) p = p >= 0.0f ? 1.0f : -1.0f;
     for (float p : P)
-      if (!std::isfinite(p)) return false;  // a non-finite projection is dropped, never swapped in
+      if (!is_finite(p)) return false;  // a non-finite projection is dropped, never swapped in
     out->swap(P);
     return true;
   }
@@ -4421,7 +4703,7 @@ Status OutputCore::train_step(const float* h, size_t h_stride, size_t B, const L
   }
   for (size_t e = 0; e < B; ++e) loss += losses_[e];
   loss /= double(labelled);
-  if (!std::isfinite(loss)) {
+  if (!is_finite(loss)) {
     undo_batch(labels, B, step_before, counted_before);
     return Status::error(strf("training diverged at batch %llu: the loss is not finite (weights before this batch are kept%s)",
                               (unsigned long long)(stats_.batches + 1),
@@ -4729,7 +5011,7 @@ Status check_layer_config(const Config& c, size_t input_dim, size_t labels) {
   if (st.ok()) st = validate_output_fields(c, input_dim);
   if (!st.ok()) return Status::error("OutputLayer::init: " + st.message());
   if (input_dim == 0 || input_dim > 65536) return Status::error(strf("OutputLayer::init: input_dim = %zu out of range [1, 65536]", input_dim));
-  if (labels == 0 || labels > 0xFFFFFFFFull) return Status::error(strf("OutputLayer::init: labels = %zu out of range [1, 2^32)", labels));
+  if (labels == 0 || exceeds_u32(labels)) return Status::error(strf("OutputLayer::init: labels = %zu out of range [1, 2^32)", labels));
   return Status();
 }
 
@@ -4790,7 +5072,7 @@ Status check_inputs(const char* where, const float* h, size_t n, size_t stride, 
   if (stride < d) return Status::error(strf("%s: stride %zu is below input_dim %zu", where, stride, d));
   for (size_t i = 0; i < n; ++i)
     for (size_t j = 0; j < d; ++j)
-      if (!(std::fabs(h[i * stride + j]) <= kMaxMagnitude))
+      if (!is_finite(h[i * stride + j]) || !(std::fabs(h[i * stride + j]) <= kMaxMagnitude))
         return Status::error(strf("%s: input %zu, unit %zu is %g; inputs must be finite with magnitude <= 1e18", where, i, j,
                                   double(h[i * stride + j])));
   return Status();
@@ -4804,7 +5086,7 @@ struct MONGOOSE_INTERNAL OutputLayer::Impl {
   OutputCore core;
   std::vector<LabelList> labels;   // the current batch's
   std::vector<float> grad;         // dL/dh when the caller wants none
-  mutable std::mutex const_calls;  // inference scratch (const calls may run from several threads)
+  mutable Mutex const_calls;  // inference scratch (const calls may run from several threads)
   mutable std::vector<OutputCore::InferScratch> scratch;
   Exec exec() const { return Exec{pool.get(), k}; }
 };
@@ -4895,7 +5177,7 @@ Status OutputLayer::topk(const float* inputs, size_t n, size_t stride, size_t k,
     if (!stride) stride = d;
     Status st = check_inputs("OutputLayer::topk", inputs, n, stride, d);
     if (!st.ok()) return st;
-    std::lock_guard<std::mutex> lock(m.const_calls);
+    MutexLock lock(m.const_calls);
     const Exec x = m.exec();
     std::vector<TopK> tops(n, TopK(k));
     std::vector<double> candidates(n, 0.0);
@@ -4928,7 +5210,7 @@ Status OutputLayer::retrieval_recall(const float* inputs, size_t n, size_t strid
     if (!stride) stride = d;
     Status st = check_inputs("OutputLayer::retrieval_recall", inputs, n, stride, d);
     if (!st.ok()) return st;
-    std::lock_guard<std::mutex> lock(m.const_calls);
+    MutexLock lock(m.const_calls);
     std::vector<double> found(n, 0.0), kept(n, 0.0);
     m.pool->run(n, [&](size_t i, uint32_t w) {
       size_t retrieved = 0;
@@ -5028,7 +5310,7 @@ struct MONGOOSE_INTERNAL Model::Impl {
     std::vector<float> act, top, stack_scratch, input_scratch;
     OutputCore::InferScratch out;
   };
-  mutable std::mutex const_calls;
+  mutable Mutex const_calls;
   mutable std::vector<InferBuffers> infer_buffers;
 
   Exec exec() const { return Exec{pool.get(), k}; }
@@ -5153,8 +5435,8 @@ Status Model::init(const Config& config, size_t features, size_t labels) {
 Status Model::init_checked(const Config& config, size_t features, size_t labels) {
   Status st = validate(config);
   if (!st.ok()) return st;
-  if (features == 0 || features > 0xFFFFFFFFull) return Status::error(strf("Model::init: features = %zu out of range [1, 2^32)", features));
-  if (labels == 0 || labels > 0xFFFFFFFFull) return Status::error(strf("Model::init: labels = %zu out of range [1, 2^32)", labels));
+  if (features == 0 || exceeds_u32(features)) return Status::error(strf("Model::init: features = %zu out of range [1, 2^32)", features));
+  if (labels == 0 || exceeds_u32(labels)) return Status::error(strf("Model::init: labels = %zu out of range [1, 2^32)", labels));
   const uint32_t threads = resolve_threads(config.threads);
   const uint64_t need = model_bytes(config, features, labels, threads);
   if (need > config.max_bytes)
@@ -5292,7 +5574,7 @@ Status Model::evaluate_checked(const Dataset& data, InferMode mode, Metrics* out
   const Impl& m = *impl_;
   if (mode == InferMode::lsh && m.cfg.output != OutputMode::lsh)
     return Status::error("Model::evaluate: InferMode::lsh needs a model trained with OutputMode::lsh");
-  std::lock_guard<std::mutex> lock(m.const_calls);
+  MutexLock lock(m.const_calls);
   const double t0 = now_seconds();
   const size_t chunk = mode == InferMode::full ? 32 : 64;
   const size_t tasks = (data.rows + chunk - 1) / chunk;
@@ -5344,7 +5626,7 @@ Status Model::retrieval_recall_checked(const Dataset& data, size_t max_rows, siz
   const size_t rows = std::min(max_rows, data.rows);
   if (rows == 0) return Status::error("Model::retrieval_recall: no rows to measure");
   std::vector<double> found(rows, 0.0), retrieved(rows, 0.0);
-  std::lock_guard<std::mutex> lock(m.const_calls);
+  MutexLock lock(m.const_calls);
   m.pool->run(rows, [&](size_t i, uint32_t wi) {
     Impl::InferBuffers& b = m.infer_buffers[wi];
     const Dataset::Row row = data.row(i * data.rows / rows);  // spread over the file, never a prefix
@@ -5519,7 +5801,7 @@ void apply_load_options(const LoadOptions& o, Config* c) {
     const Config& t = *o.override_training;
     c->learning_rate = t.learning_rate; c->beta1 = t.beta1; c->beta2 = t.beta2; c->adam_eps = t.adam_eps;
     c->batch_size = t.batch_size; c->threads = t.threads; c->simd = t.simd; c->on_progress = t.on_progress;
-  } else if (c->threads > resolve_threads(0)) {
+  } else if (MONGOOSE_HAVE_THREADS && c->threads > resolve_threads(0)) {  // (without threads any count runs as 1)
     c->threads = 0;
   }
   c->max_bytes = o.max_bytes;
@@ -5568,7 +5850,7 @@ Status check_finite(const std::string& path, const std::vector<StateArray>& stat
   for (const StateArray& a : state) {
     if (a.moment && !optimizer) continue;
     for (size_t i = 0; i < a.size(); ++i)
-      if (a.values ? !std::isfinite((*a.values)[i]) : ((*a.halves)[i] & 0x7F80u) == 0x7F80u)
+      if (a.values ? !is_finite((*a.values)[i]) : ((*a.halves)[i] & 0x7F80u) == 0x7F80u)
         return Status::error(strf("save_model: %s: %s value %zu is not finite (training diverged); nothing was written",
                                   path.c_str(), a.name, i));
   }
@@ -5608,7 +5890,7 @@ Status read_index(SectionReader& r, const Config& c, uint64_t d, uint64_t N, Out
   s->mips_norm2 = nr.f32();
   if (!(st = r.floats(&s->projection, size_t((hash_bytes - 4) / 4))).ok()) return st;
   if (!(st = r.check_crc()).ok()) return st;
-  if (!std::isfinite(s->mips_norm2) || s->mips_norm2 < 0) return r.fail("section HASH: the MIPS norm is not a finite non-negative number");
+  if (!is_finite(s->mips_norm2) || s->mips_norm2 < 0) return r.fail("section HASH: the MIPS norm is not a finite non-negative number");
   if (!(st = r.expect("CODE", N * c.L * 4)).ok()) return st;
   if (!(st = r.u32s(&s->codes, size_t(N * c.L))).ok()) return st;
   if (!(st = r.check_crc()).ok()) return st;

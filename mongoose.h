@@ -19,6 +19,7 @@
 // library never prints and never exits; it reports progress through a callback if you give it one.
 // Everything sized by a caller or a file is checked against a memory budget before it is allocated
 // (default_max_bytes; Config::max_bytes, ReadOptions::max_bytes, LoadOptions::max_bytes).
+// The checks for NaN and infinity read bit patterns, so they hold under -ffast-math too.
 //
 // Index of this file (mongoose.cpp follows the same order):
 // [SECTION] Status          (also the memory budget and the exception guard's promise)
@@ -120,6 +121,11 @@ constexpr size_t default_max_bytes = size_t(1) << (sizeof(size_t) >= 8 ? 33 : 30
 // over the target, and the directory synced. A crash, a full disk or a concurrent writer never
 // leaves a half-written file at the target: it holds the old contents or one complete new file.
 // A target that exists but is not a regular file (a directory, a device, a FIFO) is refused.
+// On Windows the replacement is MoveFileEx(MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH). On
+// targets with neither POSIX nor Windows files (bare metal with newlib) only the C library is used:
+// exclusive fopen "wbx" and rename (which may not replace an existing file there), without syncing
+// to disk (a crash may lose the new contents), and files are sized with ftell (a long: up to 2 GiB
+// where long has 32 bits). Elsewhere sizes are 64-bit (fstat with _FILE_OFFSET_BITS=64, _fstat64).
 
 // Writes size bytes to path atomically as above. On error path is untouched and no temporary file
 // is left behind; the message names the path and the failing step.
@@ -232,6 +238,11 @@ MONGOOSE_API uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0);
 //-----------------------------------------------------------------------------------------------
 // Nothing public: training and evaluation run on a fixed pool of Config::threads workers with a
 // static partition of the work, so results depend on the seed and the thread count only.
+// MONGOOSE_NO_THREADS (define it when compiling mongoose.cpp) builds without <thread>, <mutex> and
+// <condition_variable>: everything runs on the calling thread, and any Config::threads (0 included)
+// runs as 1, with the results of threads = 1 in a threaded build. It is defined automatically where
+// libstdc++ has no threads (mingw-w64's win32 thread model with GCC 12, bare-metal newlib). In such
+// a build the const calls documented as thread-safe must not run concurrently.
 
 //-----------------------------------------------------------------------------------------------
 // [SECTION] Data

@@ -11,9 +11,16 @@
 
 #include "../mongoose.h"
 
+#if defined(_WIN32)
+#define PSAPI_VERSION 2  // GetProcessMemoryInfo from kernel32 (K32GetProcessMemoryInfo): no -lpsapi
+#include <io.h>
+#include <windows.h>
+#include <psapi.h>
+#else
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#endif
 
 #include <cerrno>
 #include <charconv>
@@ -259,6 +266,32 @@ std::string parse_args(int argc, char** argv, Options* o) {
 
 // The path with its directory resolved (symlinks, "..", "./"), for files that may not exist yet:
 // realpath of the directory, then the last component.
+#if defined(_WIN32)
+std::string resolved(const std::string& path) {
+  char* full = _fullpath(nullptr, path.c_str(), 0);
+  if (!full) return path;
+  std::string out = full;
+  std::free(full);
+  return out;
+}
+
+// Windows has no inode numbers in stat: the volume serial number and file index name a file.
+bool same_file(const std::string& a, const std::string& b) {
+  auto identity = [](const std::string& path, BY_HANDLE_FILE_INFORMATION* info) {
+    HANDLE h = CreateFileA(path.c_str(), 0, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, nullptr,
+                           OPEN_EXISTING, FILE_FLAG_BACKUP_SEMANTICS, nullptr);
+    if (h == INVALID_HANDLE_VALUE) return false;
+    const bool ok = GetFileInformationByHandle(h, info) != 0;
+    CloseHandle(h);
+    return ok;
+  };
+  BY_HANDLE_FILE_INFORMATION ia, ib;
+  if (identity(a, &ia) && identity(b, &ib))
+    return ia.dwVolumeSerialNumber == ib.dwVolumeSerialNumber && ia.nFileIndexHigh == ib.nFileIndexHigh &&
+           ia.nFileIndexLow == ib.nFileIndexLow;
+  return _stricmp(resolved(a).c_str(), resolved(b).c_str()) == 0;
+}
+#else
 std::string resolved(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
@@ -277,6 +310,7 @@ bool same_file(const std::string& a, const std::string& b) {
   if (stat(a.c_str(), &sa) == 0 && stat(b.c_str(), &sb) == 0) return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
   return resolved(a) == resolved(b);
 }
+#endif
 
 // The outputs are neither an input nor each other, and can be created: checked before training,
 // so that a run is never lost to a destination that fails at the end.
@@ -298,9 +332,15 @@ std::string check_outputs(const Options& o) {
 }
 
 double peak_rss_mb() {
+#if defined(_WIN32)
+  PROCESS_MEMORY_COUNTERS pmc;
+  if (!GetProcessMemoryInfo(GetCurrentProcess(), &pmc, sizeof pmc)) return 0;
+  return double(pmc.PeakWorkingSetSize) / (1024.0 * 1024.0);
+#else
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   return double(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
+#endif
 }
 
 }  // namespace
@@ -339,7 +379,11 @@ int main(int argc, char** argv) {
     mongoose::normalize_rows(&test);
   }
 
+#if defined(_WIN32)
+  const bool tty = _isatty(_fileno(stderr)) != 0;
+#else
   const bool tty = isatty(STDERR_FILENO);
+#endif
   double time_limit = o.time_limit;
   bool out_of_time = false;
   o.cfg.on_progress = [&](const mongoose::Progress& p) {

@@ -17,6 +17,33 @@
 
 #include "../mongoose.h"
 
+#if defined(_WIN32)
+// mingw-w64 has most of the POSIX calls the tests use; these two it lacks (no symlinks to avoid).
+#include <direct.h>
+#include <fcntl.h>
+#include <io.h>
+inline int lstat(const char* path, struct stat* st) { return stat(path, st); }
+inline int mkdir(const char* path, int /*mode*/) { return _mkdir(path); }
+inline long pwrite(int fd, const void* data, size_t size, long long offset) {
+  _setmode(fd, _O_BINARY);  // open() gives text mode on Windows, which would rewrite '\n'
+  if (_lseeki64(fd, offset, SEEK_SET) < 0) return -1;
+  return _write(fd, data, unsigned(size));
+}
+inline char* mkdtemp(char* pattern) {
+  const size_t n = std::strlen(pattern);
+  for (unsigned attempt = 0; attempt < 100; ++attempt) {
+    const std::string tail = std::to_string((unsigned(std::rand()) * 7919u + attempt) % 1000000u);
+    std::string name(pattern, n - 6);
+    name += std::string(6 - std::min<size_t>(6, tail.size()), '0') + tail.substr(0, 6);
+    if (_mkdir(name.c_str()) == 0) {
+      std::memcpy(pattern, name.data(), n);
+      return pattern;
+    }
+  }
+  return nullptr;
+}
+#endif
+
 #ifndef MONGOOSE_SOURCE_DIR
 #define MONGOOSE_SOURCE_DIR "."
 #endif

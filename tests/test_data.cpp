@@ -12,9 +12,11 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <unistd.h>
@@ -815,4 +817,95 @@ TEST_CASE("data: binary datasets round trip exactly and refuse damage") {
   std::remove(path.c_str());
   std::remove(copy.c_str());
   std::remove(txt.c_str());
+}
+
+namespace {
+
+// The float read_xc stores for one value token, as its bit pattern.
+uint32_t parsed_bits(const std::string& token) {
+  Dataset out;
+  Status st = parse("1 5 2\n0 3:" + token + "\n", &out);
+  const std::string context = token + ": " + st.message();
+  REQUIRE_MESSAGE(st.ok(), context);
+  uint32_t bits;
+  std::memcpy(&bits, &out.feature_values[0], 4);
+  return bits;
+}
+
+}  // namespace
+
+// The library converts decimals with std::from_chars where the standard library has it for floats
+// and with its own exact conversion elsewhere (libc++); both must give the nearest float, ties to
+// even. The expected bit patterns were printed by libstdc++'s from_chars.
+TEST_CASE("data: values round to the nearest float, ties to even, on every standard library") {
+  const struct {
+    const char* text;
+    uint32_t bits;
+  } cases[] = {
+      {"0.1", 0x3dcccccdu},
+      {"0.3", 0x3e99999au},
+      {"1.17549435e-38", 0x00800000u},  // smallest normal
+      {"1.1754942e-38", 0x007fffffu},   // largest denormal
+      {"1.4e-45", 0x00000001u},         // smallest denormal
+      {"7.1e-46", 0x00000001u},         // just above half of it
+      {"7.006492321624086e-46", 0x00000001u},
+      {"4.2038953929744512e-45", 0x00000003u},
+      {"1e-40", 0x000116c2u},
+      {"-2e-40", 0x80022d85u},
+      {"16777217", 0x4b800000u},  // 2^24 + 1: a tie, to even
+      {"16777216.5", 0x4b800000u},
+      {"16777217.000000000000000000000000000000000000000000000000000000000001", 0x4b800001u},
+      {"8388608.5", 0x4b000000u},
+      {"8388609.5", 0x4b000002u},
+      {"33554435", 0x4c000001u},
+      {"0.000000000000000000000000000000000000000000000000000000001e60", 0x447a0000u},
+      {"1234567e10", 0x5a2f7149u},
+      {"12345678e-10", 0x3aa1d139u},
+      {"2.5e-1", 0x3e800000u},
+      {"9.999999e-1", 0x3f7ffffeu},
+      {"1.00000005960464477539062499", 0x3f800000u},  // just below the tie 1 + 2^-24
+      {"1.000000059604644775390625", 0x3f800000u},    // the tie: to even
+      {"1.0000000596046447753906251", 0x3f800001u},   // just above
+      {"1.00000017881393432617187499", 0x3f800001u},
+      {"1.000000178813934326171875", 0x3f800002u},  // the tie 1 + 3 * 2^-24: to even, up
+      {"-0.0", 0x80000000u},
+      {".5", 0x3f000000u},
+      {"5.", 0x40a00000u},
+      {"00000000000000000000000000000000000000000000000000000001.5e0", 0x3fc00000u},
+      // 210 digits: the digits beyond what decides the rounding still count.
+      {"0.4999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999"
+       "99999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999"
+       "9999999999999999",
+       0x3f000000u},
+      {"1.0000000596046447753906250000000000000000000000000000000000000000000000000000000000000000000000"
+       "00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+       "0000000000000000000000000000000000000000000001",
+       0x3f800001u},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.text);
+    CHECK(parsed_bits(c.text) == c.bits);
+  }
+  // Random decimals near float midpoints against the standard library's own conversion (from_chars,
+  // or strtof in the "C" locale the test starts in where from_chars has no floats).
+  uint64_t state = 12345;
+  auto next = [&] { return state = state * 6364136223846793005ull + 1442695040888963407ull; };
+  for (int i = 0; i < 2000; ++i) {
+    uint32_t bits = uint32_t(next() >> 32) & 0x3fffffffu;  // up to ~2: below 1e18, denormals too
+    float f;
+    std::memcpy(&f, &bits, 4);
+    const double middle = (double(f) + double(std::nextafter(f, 4.0f))) / 2;  // exact in a double
+    char text[64];
+    std::snprintf(text, sizeof text, "%.*e", int(next() >> 60) + 6, middle);
+    float expected;
+#if defined(__cpp_lib_to_chars)
+    std::from_chars(text, text + std::strlen(text), expected);
+#else
+    expected = std::strtof(text, nullptr);
+#endif
+    uint32_t expected_bits;
+    std::memcpy(&expected_bits, &expected, 4);
+    CAPTURE(text);
+    CHECK(parsed_bits(text) == expected_bits);
+  }
 }

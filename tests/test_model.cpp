@@ -362,6 +362,44 @@ TEST_CASE("model: training is deterministic for a fixed seed and thread count") 
   }
 }
 
+// Without threads (MONGOOSE_NO_THREADS, or a standard library without them) any thread count runs
+// as one thread: the same weights as threads = 1, for the default (0 = all cores) and for 4.
+TEST_CASE("model: a build without threads trains every thread count as threads = 1") {
+#if !defined(MONGOOSE_NO_THREADS)
+  MESSAGE("skipped: this build has threads (build with -DMONGOOSE_NO_THREADS to run it)");
+#else
+  SyntheticConfig sc;
+  sc.train_rows = 300;
+  sc.test_rows = 10;
+  sc.features = 200;
+  sc.labels = 100;
+  Dataset train, test;
+  REQUIRE(make_synthetic(sc, &train, &test).ok());
+  for (OutputMode mode : {OutputMode::full, OutputMode::lsh}) {
+    Config c;
+    c.hidden = 16;
+    c.output = mode;
+    c.batch_size = 32;
+    c.min_active = 20;
+    c.K = 4;
+    c.L = 8;
+    c.threads = 1;
+    Model one;
+    REQUIRE(one.init(c, train.features, train.labels).ok());
+    REQUIRE(one.train_epoch(train).ok());
+    for (uint32_t threads : {0u, 4u}) {
+      CAPTURE(int(mode));
+      CAPTURE(threads);
+      c.threads = threads;
+      Model m;
+      REQUIRE(m.init(c, train.features, train.labels).ok());
+      REQUIRE(m.train_epoch(train).ok());
+      CHECK(same_weights(m, one));
+    }
+  }
+#endif
+}
+
 TEST_CASE("model: full and lsh learn synthetic data") {
   SyntheticConfig sc;
   sc.train_rows = 6000;
