@@ -4,7 +4,8 @@
 // Run:    ./bench-scale --train TRAIN --test TEST [--eval EVAL] [--name NAME] [--epochs 1]
 //                       [--threads 2] [--variants shared,simhash,mongoose,perfect,full]
 //                       [--full-seconds 600] [--checkpoints 25600,102400,...|none] [--csv FILE]
-//                       [--infer-sweep on] [--set KEY=VALUE ...]
+//                       [--infer-sweep on] [--sweep-K 8,10,12] [--sweep-L 16,32,64]
+//                       [--sweep-probes 0,2,4] [--sweep-mips on,off] [--set KEY=VALUE ...]
 //   The data sets come from bench/make_xml1m.cpp and bench/make_lm_data.py (see bench/README.md).
 //   TEST is used for the final numbers; EVAL (default TEST) for the checkpoints on the way.
 //
@@ -27,8 +28,9 @@
 // achieved GB/s against a STREAM triad (a[i] = b[i] + s c[i] over 3 x 128 MB on the same threads)
 // measured in this run: the roofline; and against the layer's own access pattern at its best (an
 // Adam step on random 136-float rows of a labels-sized array), which is what bounds it. With --infer-sweep on it also measures, on the trained
-// simhash/mongoose model, InferMode::lsh without the shortlist for a grid of index settings
-// (K, L, probes; rebuild_index) against exact scoring: P@1 kept and time per example.
+// simhash, learned and lsh models, InferMode::lsh without the shortlist for a grid of index settings
+// (K, L, probes; rebuild_index) against exact scoring: P@1 kept and time per example. The grid is
+// --sweep-K x --sweep-L x --sweep-probes x --sweep-mips (defaults shown above).
 // --csv writes every checkpoint as "name,variant,examples,train_seconds,p1,p5" (for bench/plot.py).
 
 #include "../mongoose.h"
@@ -116,6 +118,8 @@ struct Options {
   std::vector<std::string> variants{"shared", "simhash", "mongoose", "perfect", "full"};
   std::vector<size_t> checkpoints{25600, 51200, 102400, 204800};
   bool infer_sweep = false;
+  std::vector<uint32_t> sweep_K{8, 10, 12}, sweep_L{16, 32, 64}, sweep_probes{0, 2, 4};
+  std::vector<bool> sweep_mips{true, false};
   std::vector<std::pair<std::string, std::string>> sets;
 };
 
@@ -176,22 +180,19 @@ struct Checkpoint {
 };
 
 // The LSH inference sweep on a trained model: P@1 kept and the speed-up over exact scoring.
-void infer_sweep(mongoose::Model& model, const mongoose::Dataset& test, const std::string& variant) {
+void infer_sweep(mongoose::Model& model, const mongoose::Dataset& test, const std::string& variant, const Options& o) {
   mongoose::Metrics exact;
   if (!model.evaluate(test, mongoose::InferMode::full, &exact).ok()) return;
   std::printf("  infer %s exact: p@1=%.4f ms=%.4f\n", variant.c_str(), exact.p_at_1, exact.ms_per_example);
-  const uint32_t Ks[] = {8, 10, 12};
-  const uint32_t Ls[] = {16, 32, 64};
-  const uint32_t probes[] = {0, 2, 4};
-  for (bool mips : {true, false})
-  for (uint32_t K : Ks)
-    for (uint32_t L : Ls) {
+  for (bool mips : o.sweep_mips)
+  for (uint32_t K : o.sweep_K)
+    for (uint32_t L : o.sweep_L) {
       mongoose::Config index = model.config();
       index.mips = mips;
       index.K = K;
       index.L = L;
       index.bucket_capacity = std::max<uint32_t>(128, uint32_t(2 * model.labels() >> K));
-      for (uint32_t p : probes) {
+      for (uint32_t p : o.sweep_probes) {
         if (p > K) continue;
         index.infer_probes = p;
         mongoose::Status st = model.rebuild_index(index);
@@ -225,6 +226,14 @@ int main(int argc, char** argv) {
     else if (a == "--full-seconds") o.full_seconds = std::atof(v.c_str());
     else if (a == "--variants") o.variants = split(v, ',');
     else if (a == "--infer-sweep") o.infer_sweep = v == "on";
+    else if (a == "--sweep-K" || a == "--sweep-L" || a == "--sweep-probes") {
+      std::vector<uint32_t>& grid = a == "--sweep-K" ? o.sweep_K : a == "--sweep-L" ? o.sweep_L : o.sweep_probes;
+      grid.clear();
+      for (const std::string& x : split(v, ',')) grid.push_back(uint32_t(std::strtoul(x.c_str(), nullptr, 10)));
+    } else if (a == "--sweep-mips") {
+      o.sweep_mips.clear();
+      for (const std::string& x : split(v, ',')) o.sweep_mips.push_back(x == "on");
+    }
     else if (a == "--checkpoints") {
       o.checkpoints.clear();
       if (v != "none")
@@ -311,6 +320,7 @@ int main(int argc, char** argv) {
                   model.stats().seconds, m.p_at_1, m.p_at_5, last ? " (test)" : "");
       std::fflush(stdout);
       if (csv) std::fprintf(csv, "%s,%s,%zu,%.3f,%.5f,%.5f\n", o.name.c_str(), variant.c_str(), seen, model.stats().seconds, m.p_at_1, m.p_at_5);
+      if (csv) std::fflush(csv);  // a run stopped part-way keeps its checkpoints
       if (out_of_time) break;
     }
     if (!st.ok()) {
@@ -332,7 +342,7 @@ int main(int argc, char** argv) {
                 o.name.c_str(), variant.c_str(), s.hidden_seconds, s.hash_seconds, s.query_seconds, s.forward_backward_seconds,
                 s.update_seconds, s.rehash_seconds, s.detect_seconds, s.reinsert_seconds, s.learn_seconds);
     std::fflush(stdout);
-    if (o.infer_sweep && (variant == "simhash" || variant == "learned" || variant == "lsh")) infer_sweep(model, test, variant);
+    if (o.infer_sweep && (variant == "simhash" || variant == "learned" || variant == "lsh")) infer_sweep(model, test, variant, o);
   }
   if (csv) std::fclose(csv);
   return 0;
