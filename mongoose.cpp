@@ -6329,8 +6329,11 @@ struct mg_model {
 namespace {
 
 // Writes code and message into *err (when given) and returns the code. Formats into the fixed
-// buffer without allocating, so it also works in an out-of-memory handler.
-#if defined(__GNUC__)
+// buffer without allocating, so it also works in an out-of-memory handler. Checked as strf's
+// format is (mingw-w64's C99 printf there, unchecked with newlib).
+#if defined(__MINGW_PRINTF_FORMAT)
+__attribute__((format(__MINGW_PRINTF_FORMAT, 3, 4)))
+#elif defined(__GNUC__) && !defined(_NEWLIB_VERSION)
 __attribute__((format(printf, 3, 4)))
 #endif
 int c_result(mg_error* err, int code, const char* fmt, ...) {
