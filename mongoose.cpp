@@ -119,16 +119,21 @@ Status Status::error(std::string message) {
 
 namespace {
 
-// Formats like printf into a std::string (messages only; never on a hot path). mingw-w64: with
-// libstdc++, vsnprintf is mingw's own C99 one (__USE_MINGW_ANSI_STDIO), which knows %zu and %llu,
-// so calls are checked as that printf (gnu_printf), not as msvcrt's. Not checked with newlib
-// (arm-none-eabi): its uint32_t is an unsigned long as wide as unsigned, which %u reads right, but
-// GCC flags every such argument; the other targets check the same calls.
+// Checks the calls of a printf-like function: argument fmt is the format, the variadic ones start
+// at first. mingw-w64: with libstdc++, vsnprintf is mingw's own C99 one (__USE_MINGW_ANSI_STDIO),
+// which knows %zu and %llu, so calls are checked as that printf (gnu_printf), not as msvcrt's. Not
+// checked with newlib (arm-none-eabi): its uint32_t is an unsigned long as wide as unsigned, which
+// %u reads right, but GCC flags every such argument; the other targets check the same calls.
 #if defined(__MINGW_PRINTF_FORMAT)
-__attribute__((format(__MINGW_PRINTF_FORMAT, 1, 2)))
+#define MONGOOSE_PRINTF_LIKE(fmt, first) __attribute__((format(__MINGW_PRINTF_FORMAT, fmt, first)))
 #elif defined(__GNUC__) && !defined(_NEWLIB_VERSION)
-__attribute__((format(printf, 1, 2)))
+#define MONGOOSE_PRINTF_LIKE(fmt, first) __attribute__((format(printf, fmt, first)))
+#else
+#define MONGOOSE_PRINTF_LIKE(fmt, first)
 #endif
+
+// Formats like printf into a std::string (messages only; never on a hot path).
+MONGOOSE_PRINTF_LIKE(1, 2)
 std::string strf(const char* fmt, ...) {
   char buf[512];
   va_list ap;
@@ -6329,13 +6334,8 @@ struct mg_model {
 namespace {
 
 // Writes code and message into *err (when given) and returns the code. Formats into the fixed
-// buffer without allocating, so it also works in an out-of-memory handler. Checked as strf's
-// format is (mingw-w64's C99 printf there, unchecked with newlib).
-#if defined(__MINGW_PRINTF_FORMAT)
-__attribute__((format(__MINGW_PRINTF_FORMAT, 3, 4)))
-#elif defined(__GNUC__) && !defined(_NEWLIB_VERSION)
-__attribute__((format(printf, 3, 4)))
-#endif
+// buffer without allocating, so it also works in an out-of-memory handler.
+MONGOOSE_PRINTF_LIKE(3, 4)
 int c_result(mg_error* err, int code, const char* fmt, ...) {
   if (err) {
     err->code = code;
